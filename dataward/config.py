@@ -1,0 +1,154 @@
+"""Configuration in one typed place.
+
+Precedence: defaults < YAML file (``--config`` or ``DATAWARD_CONFIG``) < environment
+(``DATAWARD_<SECTION>_<FIELD>``, plus the conventional ``KAFKA_BOOTSTRAP`` and ``CLICKHOUSE_URL``)
+< explicit CLI flags. Unknown keys are errors, so a typo never silently falls back to a default.
+Secrets (SASL password, webhook keys) come only from the environment or a file, never the YAML.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = ""  # tests use a fresh prefix per test; production leaves it empty
+    partitions: int = 6  # for topics dataward creates; scale-out is by partitions
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password_file: str = ""  # the password itself only via DATAWARD_KAFKA_SASL_PASSWORD
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings shared by producers, consumers and admin clients."""
+        conf = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = read_secret("DATAWARD_KAFKA_SASL_PASSWORD", self.sasl_password_file)
+        return conf
+
+
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Empty means the embedded default: chDB in <data_dir>/chdb.
+    url: str = ""
+    database: str = "dataward"
+    batch_rows: int = 10_000  # ClickHouse wants 10k-100k rows about once a second
+    flush_interval_s: float = 1.0
+    retention_days: int = 400
+
+
+class QueryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Loopback only: the endpoint is read-only but forensic data is still sensitive.
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = pick a free port; the chosen address is written to <data_dir>/query.addr
+
+
+class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    device: str = ""  # defaults to the host name
+    watch: list[str] = []
+    spool_dir: str = ""  # defaults to <data_dir>/spool
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    data_dir: str = ".dataward"
+    policy_file: str = ""  # empty: the built-in default policy
+    alerts_jsonl: str = ""
+    kafka: KafkaConfig = KafkaConfig()
+    store: StoreConfig = StoreConfig()
+    query: QueryConfig = QueryConfig()
+    agent: AgentConfig = AgentConfig()
+
+    @property
+    def device(self) -> str:
+        return self.agent.device or socket.gethostname()
+
+    @property
+    def store_dsn(self) -> str:
+        return self.store.url or f"chdb://{Path(self.data_dir).resolve() / 'chdb'}"
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.agent.spool_dir or Path(self.data_dir) / "spool")
+
+    @property
+    def query_addr_file(self) -> Path:
+        return Path(self.data_dir) / "query.addr"
+
+
+def read_secret(env_var: str, file_path: str = "") -> str:
+    """A secret from the environment, else from a file (e.g. a mounted Kubernetes secret)."""
+    value = os.environ.get(env_var)
+    if value:
+        return value
+    file_var = os.environ.get(f"{env_var}_FILE") or file_path
+    if file_var:
+        return Path(file_var).read_text().strip()
+    return ""
+
+
+_SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if env.get("KAFKA_BOOTSTRAP"):
+        out.setdefault("kafka", {})["bootstrap"] = env["KAFKA_BOOTSTRAP"]
+    if env.get("CLICKHOUSE_URL"):
+        out.setdefault("store", {})["url"] = env["CLICKHOUSE_URL"]
+    for key, value in env.items():
+        if not key.startswith("DATAWARD_") or key in ("DATAWARD_CONFIG", "DATAWARD_KAFKA_SASL_PASSWORD"):
+            continue
+        rest = key[len("DATAWARD_") :].lower()
+        section, _, field = rest.partition("_")
+        if section in _SECTIONS and field in _SECTIONS[section].__struct_fields__:
+            out.setdefault(section, {})[field] = value
+        elif rest in Config.__struct_fields__:
+            out[rest] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        elif value is not None:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    path = path or env.get("DATAWARD_CONFIG")
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        data = loaded
+    data = _merge(data, _env_overrides(env))
+    data = _merge(data, overrides or {})
+    try:
+        # strict=False so that environment strings like "6" and "1.5" convert to int/float.
+        return msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"configuration{f' in {path}' if path else ''}: {exc}") from None

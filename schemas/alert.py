@@ -1,0 +1,55 @@
+"""The alert: aligned with OCSF Detection Finding (class_uid 2004).
+
+Every alert explains itself: which signal crossed which threshold in which window, since when,
+on which files. Times are epoch milliseconds like the events.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+OCSF_DETECTION_FINDING = 2004
+
+
+class Severity(enum.StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def ocsf_id(self) -> int:
+        # OCSF severity_id: 2 Low, 3 Medium, 4 High, 5 Critical
+        return {"low": 2, "medium": 3, "high": 4, "critical": 5}[self.value]
+
+    @property
+    def rank(self) -> int:
+        return self.ocsf_id
+
+
+class Alert(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One finding about one user. ``uid`` is stable for an incident so that an escalation
+    (high -> critical) of the same burst updates rather than duplicates it downstream."""
+
+    uid: Annotated[str, msgspec.Meta(min_length=1)]
+    title: str
+    rule: str  # short rule name, e.g. "mass_rename"
+    rule_uid: str  # the rule's UUID in the policy
+    severity: Severity
+    severity_id: int
+    user: str
+    first_seen: int  # time of the first event counted in the evidence
+    detected_at: int  # time of the event that crossed the threshold
+    signal: str  # what was counted, e.g. "renames"
+    observed: float
+    threshold: float
+    window_s: float
+    file_count: int
+    paths: list[str]  # a sample of affected paths, first ones first
+    devices: list[str] = []
+    shares: list[str] = []
+    tags: list[str] = []  # ATT&CK, e.g. "attack.t1486"
+    description: str = ""
+    class_uid: int = OCSF_DETECTION_FINDING

@@ -1,0 +1,101 @@
+"""ClickHouse DDL for the forensic history.
+
+``ORDER BY (user_name, time)``: the SOC's first question is "what did this user do, when".
+Monthly partitions so retention (TTL) drops whole parts. ``non_replicated_deduplication_window``
+lets the sink pass an insert dedup token ``topic:partition:first-last``: a replayed batch after a
+sink restart is dropped by the engine instead of doubling the evidence.
+"""
+from __future__ import annotations
+
+EVENTS_TABLE = "events"
+ALERTS_TABLE = "alerts"
+DEADLETTER_TABLE = "deadletter"
+
+# Column order is the insert order used by sinks; keep in step with schemas.event.AccessEvent.
+EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uid", "String"),
+    ("time", "DateTime64(3, 'UTC')"),
+    ("activity_id", "UInt8"),
+    ("activity_name", "LowCardinality(String)"),
+    ("user_name", "LowCardinality(String)"),
+    ("user_uid", "String"),
+    ("attribution", "LowCardinality(String)"),
+    ("device", "LowCardinality(String)"),
+    ("source", "LowCardinality(String)"),
+    ("share", "LowCardinality(String)"),
+    ("file_path", "String"),
+    ("file_new_path", "Nullable(String)"),
+    ("file_size", "Nullable(UInt64)"),
+    ("bytes_written", "Nullable(UInt64)"),
+    ("entropy", "Nullable(Float32)"),
+    ("mime_type", "LowCardinality(Nullable(String))"),
+    ("alarm", "LowCardinality(Nullable(String))"),
+    ("message", "Nullable(String)"),
+    ("class_uid", "UInt16"),
+)
+
+ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uid", "String"),
+    ("title", "String"),
+    ("rule", "LowCardinality(String)"),
+    ("rule_uid", "String"),
+    ("severity", "LowCardinality(String)"),
+    ("severity_id", "UInt8"),
+    ("user", "LowCardinality(String)"),
+    ("first_seen", "DateTime64(3, 'UTC')"),
+    ("detected_at", "DateTime64(3, 'UTC')"),
+    ("signal", "LowCardinality(String)"),
+    ("observed", "Float64"),
+    ("threshold", "Float64"),
+    ("window_s", "Float64"),
+    ("file_count", "UInt32"),
+    ("paths", "Array(String)"),
+    ("devices", "Array(String)"),
+    ("shares", "Array(String)"),
+    ("tags", "Array(String)"),
+    ("description", "String"),
+    ("class_uid", "UInt16"),
+)
+
+DEADLETTER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time", "DateTime64(3, 'UTC')"),
+    ("source", "String"),
+    ("reason", "String"),
+    ("key", "Nullable(String)"),
+    ("raw", "String"),
+)
+
+_SETTINGS = "SETTINGS non_replicated_deduplication_window = 1000"
+
+
+def _columns(cols: tuple[tuple[str, str], ...]) -> str:
+    return ",\n    ".join(f"`{name}` {typ}" for name, typ in cols)
+
+
+def ddl_statements(database: str, retention_days: int = 400) -> list[str]:
+    """CREATE statements, idempotent. ``database`` must be a plain identifier (checked)."""
+    if not database.replace("_", "").isalnum():
+        raise ValueError(f"database name must be letters, digits and _: {database!r}")
+    ttl_days = int(retention_days)
+    return [
+        f"CREATE DATABASE IF NOT EXISTS `{database}`",
+        f"""CREATE TABLE IF NOT EXISTS `{database}`.`{EVENTS_TABLE}` (
+    {_columns(EVENT_COLUMNS)}
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(time)
+ORDER BY (user_name, time)
+TTL toDateTime(time) + INTERVAL {ttl_days} DAY DELETE
+{_SETTINGS}, ttl_only_drop_parts = 1""",
+        f"""CREATE TABLE IF NOT EXISTS `{database}`.`{ALERTS_TABLE}` (
+    {_columns(ALERT_COLUMNS)}
+) ENGINE = ReplacingMergeTree(severity_id)
+PARTITION BY toYYYYMM(detected_at)
+ORDER BY (user, uid)
+{_SETTINGS}""",
+        f"""CREATE TABLE IF NOT EXISTS `{database}`.`{DEADLETTER_TABLE}` (
+    {_columns(DEADLETTER_COLUMNS)}
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(time)
+ORDER BY time
+{_SETTINGS}""",
+    ]

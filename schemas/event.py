@@ -1,0 +1,107 @@
+"""The access event envelope: one shape for file and S3 activity.
+
+Aligned with OCSF File System Activity (class_uid 1001): ``time`` is epoch milliseconds and
+``activity_id`` uses OCSF's ids. Field names are flat and equal the ClickHouse column names, so
+a decoded event maps to a row without renaming. ECS-style meaning where OCSF is silent
+(``file_path`` ~ ``file.path``, ``user_name`` ~ ``user.name``).
+"""
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+OCSF_FILE_ACTIVITY = 1001
+
+
+class Activity(enum.IntEnum):
+    """OCSF File System Activity ids (1001)."""
+
+    UNKNOWN = 0
+    CREATE = 1
+    READ = 2
+    UPDATE = 3
+    DELETE = 4
+    RENAME = 5
+    SET_ATTRIBUTES = 6
+    SET_SECURITY = 7
+    GET_ATTRIBUTES = 8
+    GET_SECURITY = 9
+    ENCRYPT = 10
+    DECRYPT = 11
+    MOUNT = 12
+    UNMOUNT = 13
+    OPEN = 14
+    OTHER = 99
+
+    @property
+    def label(self) -> str:
+        """OCSF activity_name: 'Create', 'Set Attributes', ..."""
+        return self.name.replace("_", " ").title()
+
+
+class Attribution(enum.StrEnum):
+    """How the acting user was determined; an analyst weighs owner-fallback lower than auditd."""
+
+    OWNER = "owner"  # file owner at the time of the event: a fallback, not who-data
+    AUDITD = "auditd"
+    SAMBA = "samba"
+    CLOUDTRAIL = "cloudtrail"
+    S3_ACCESS_LOG = "s3_access_log"
+    AGENT = "agent"  # the agent itself (alarms, heartbeats)
+    UNKNOWN = "unknown"
+
+
+class Source(enum.StrEnum):
+    FILE = "file"
+    S3 = "s3"
+    AGENT = "agent"
+
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+EpochMs = Annotated[int, msgspec.Meta(ge=0, le=253402300799999)]  # up to 9999-12-31
+Entropy = Annotated[float, msgspec.Meta(ge=0.0, le=8.0)]  # bits per byte
+
+
+class AccessEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Who did what to which file or object, when and how.
+
+    ``alarm`` is set on events the agent raises about itself (e.g. ``queue_overflow``: the kernel
+    dropped events, so the record of this share has a gap); such events use activity OTHER.
+    """
+
+    uid: NonEmpty
+    time: EpochMs
+    activity_id: Activity
+    activity_name: str
+    user_name: NonEmpty
+    user_uid: str = ""
+    attribution: Attribution = Attribution.OWNER
+    device: NonEmpty
+    source: Source = Source.FILE
+    share: str = ""
+    file_path: NonEmpty
+    file_new_path: str | None = None
+    file_size: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    bytes_written: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    entropy: Entropy | None = None
+    mime_type: str | None = None
+    alarm: str | None = None
+    message: str | None = None
+    class_uid: int = OCSF_FILE_ACTIVITY
+
+    def __post_init__(self) -> None:
+        # The pair must agree, or a SOC query on activity_name would miss rows.
+        if self.activity_name != self.activity_id.label:
+            raise ValueError(
+                f"activity_name {self.activity_name!r} does not match activity_id "
+                f"{int(self.activity_id)} ({self.activity_id.label!r})"
+            )
+        if self.activity_id == Activity.RENAME and not self.file_new_path:
+            raise ValueError("a Rename event needs file_new_path")
+
+
+def make_event(activity: Activity, **fields: object) -> AccessEvent:
+    """Build an event with the activity id/name pair filled in consistently."""
+    return AccessEvent(activity_id=activity, activity_name=activity.label, **fields)  # type: ignore[arg-type]

@@ -1,0 +1,38 @@
+"""Write the JSON Schemas of the wire contracts: ``python -m schemas.generate``.
+
+The files are checked in so producers in other languages can validate against them; a test
+fails when they drift from the Structs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import msgspec
+
+from schemas.alert import Alert
+from schemas.deadletter import DeadLetter
+from schemas.event import AccessEvent
+
+SCHEMA_DIR = Path(__file__).parent / "jsonschema"
+CONTRACTS: dict[str, type[msgspec.Struct]] = {
+    "event": AccessEvent,
+    "alert": Alert,
+    "deadletter": DeadLetter,
+}
+
+
+def render(struct: type[msgspec.Struct]) -> str:
+    return json.dumps(msgspec.json.schema(struct), indent=2, sort_keys=True) + "\n"
+
+
+def main(out_dir: Path = SCHEMA_DIR) -> int:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, struct in CONTRACTS.items():
+        (out_dir / f"{name}.schema.json").write_text(render(struct))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
