@@ -27,12 +27,28 @@ def render(struct: type[msgspec.Struct]) -> str:
     return json.dumps(msgspec.json.schema(struct), indent=2, sort_keys=True) + "\n"
 
 
-def main(out_dir: Path = SCHEMA_DIR) -> int:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def drifted(out_dir: Path = SCHEMA_DIR) -> list[str]:
+    """Names of the checked-in schema files that differ from the Structs."""
+    stale = []
     for name, struct in CONTRACTS.items():
-        (out_dir / f"{name}.schema.json").write_text(render(struct))
+        path = out_dir / f"{name}.schema.json"
+        if not path.exists() or path.read_text() != render(struct):
+            stale.append(path.name)
+    return stale
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        stale = drifted()
+        if stale:
+            sys.stderr.write(f"JSON Schemas out of date: {', '.join(stale)}; run python -m schemas.generate\n")
+            return 1
+        return 0
+    SCHEMA_DIR.mkdir(parents=True, exist_ok=True)
+    for name, struct in CONTRACTS.items():
+        (SCHEMA_DIR / f"{name}.schema.json").write_text(render(struct))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,15 @@
+# One image for the agent, the worker and the sink (compose.yaml picks the command).
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 dataward
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY agents agents
+COPY stream stream
+COPY detectors detectors
+COPY sinks sinks
+COPY schemas schemas
+COPY dataward dataward
+RUN pip install --no-cache-dir .
+# Least privilege: the agent needs read access to the watched tree, nothing more.
+USER dataward
+ENTRYPOINT ["dataward"]

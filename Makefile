@@ -1,0 +1,46 @@
+# Everything a fresh machine needs: Python 3.11+, and Java 17 + Maven for the tests' Kafka broker.
+PYTHON ?= python3
+VENV ?= .venv
+WATCH ?= demo-data
+STATE ?= .dataward
+BIN := $(VENV)/bin
+
+.PHONY: install run attack test lint bench kafka-start kafka-stop clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## The main job on the embedded default: watch $(WATCH), store in $(STATE), alerts on screen and in JSONL.
+run: install
+	mkdir -p $(WATCH)
+	$(BIN)/dataward run --watch $(WATCH) --data-dir $(STATE) --alerts-jsonl $(STATE)/alerts.jsonl
+
+## A harmless simulated ransomware rename burst in $(WATCH) (run it while `make run` is running).
+attack: install
+	$(BIN)/dataward simulate rename $(WATCH) --files 300
+
+## The whole test suite, against a real Kafka broker (started by the tests via scripts/kafka).
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m schemas.generate --check
+	$(BIN)/pytest -q -ra
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python -m bench.run_all
+
+kafka-start:
+	scripts/kafka start
+
+kafka-stop:
+	scripts/kafka stop
+
+clean:
+	rm -rf $(VENV) .cache $(STATE) $(WATCH)

@@ -1,0 +1,39 @@
+"""Topic creation shared by agents and the stream workers: idempotent, exists is fine."""
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from dataward.config import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(kafka: KafkaConfig, names: list[str], partitions: int, *,
+                  replication_factor: int = -1, timeout: float = 30.0) -> list[str]:
+    """Creates the topics that do not exist yet; returns the names it created.
+
+    ``replication_factor=-1`` takes the broker's default. Raises KafkaException when the broker
+    cannot be reached or refuses for another reason than "already exists".
+    """
+    if not names:
+        return []
+    conf = kafka.client_config()
+    conf["socket.timeout.ms"] = str(int(timeout * 1000))
+    admin = AdminClient(conf)
+    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor) for n in names]
+    created: list[str] = []
+    for name, fut in admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout).items():
+        try:
+            fut.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise
+    if created:
+        log.info("topics_created names=%s partitions=%d", ",".join(created), partitions)
+    return created

@@ -1,0 +1,273 @@
+"""`dataward ...`: the command line. Wiring only: parse, load config, call a part, report."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dataward.config import Config, ConfigError, load_config
+from dataward.logs import setup_logging
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="dataward: data-layer security pipeline.")
+agent_app = typer.Typer(no_args_is_help=True, help="Collectors that run on file servers and beside buckets.")
+sink_app = typer.Typer(no_args_is_help=True, help="Sinks that consume Kafka topics (distributed mode).")
+simulate_app = typer.Typer(no_args_is_help=True, help="Harmless simulated attacks (self-test).")
+topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics.")
+policy_app = typer.Typer(no_args_is_help=True, help="Detection policy.")
+app.add_typer(agent_app, name="agent")
+app.add_typer(sink_app, name="sink")
+app.add_typer(simulate_app, name="simulate")
+app.add_typer(topics_app, name="topics")
+app.add_typer(policy_app, name="policy")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (or DATAWARD_CONFIG).")]
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="State directory (chDB store, spool).")]
+BootstrapOpt = Annotated[str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers (or KAFKA_BOOTSTRAP).")]
+PrefixOpt = Annotated[str | None, typer.Option("--topic-prefix", help="Prefix for all dw.* topics.")]
+PolicyOpt = Annotated[str | None, typer.Option("--policy", help="Detection policy YAML (default: built in).")]
+LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
+
+
+def _config(config: Path | None, **overrides: Any) -> Config:
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, field = key.partition("__")
+        if field:
+            nested.setdefault(section, {})[field] = value
+        else:
+            nested[key] = value
+    try:
+        return load_config(config, nested)
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _policy(cfg: Config):
+    from detectors.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(cfg.policy_file or None)
+    except PolicyError as exc:
+        err.print(f"[red]policy error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _ready(what: str) -> None:
+    # Scripts and tests wait for this exact word on stdout.
+    print(f"ready: {what}", flush=True)
+
+
+@app.command()
+def run(
+    watch: Annotated[list[Path], typer.Option("--watch", "-w", help="Directory to watch (repeatable).")],
+    data_dir: DataDirOpt = None,
+    alerts_jsonl: Annotated[str | None, typer.Option("--alerts-jsonl", help="Append alerts as JSON lines.")] = None,
+    policy: PolicyOpt = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Embedded mode: watch directories, detect, store and alert, all in this process."""
+    setup_logging(log_level)
+    cfg = _config(config, data_dir=data_dir, alerts_jsonl=alerts_jsonl, policy_file=policy)
+    missing = [str(w) for w in watch if not w.is_dir()]
+    if missing:
+        err.print(f"[red]not a directory:[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    from dataward.console import print_alert
+    from dataward.embedded import EmbeddedPipeline
+
+    stop = _stop_on_signals()
+    pipeline = EmbeddedPipeline(cfg, _policy(cfg), [str(w) for w in watch], on_alert=print_alert)
+    try:
+        pipeline.start()
+    except Exception:
+        pipeline.stop()
+        raise
+    _ready(f"watching {', '.join(pipeline.watch)}; query endpoint {pipeline.query_url}")
+    try:
+        stop.wait()
+    finally:
+        pipeline.stop()
+    out.print(f"stopped: {pipeline.events_processed} events, {pipeline.alerts_raised} alerts")
+
+
+@agent_app.command("file")
+def agent_file(
+    watch: Annotated[list[Path], typer.Option("--watch", "-w", help="Directory to watch (repeatable).")],
+    bootstrap: BootstrapOpt = None,
+    topic_prefix: PrefixOpt = None,
+    device: Annotated[str | None, typer.Option("--device", help="Agent/device id (default: host name).")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Watch directories and publish access events to Kafka (spooled on disk while Kafka is down)."""
+    setup_logging(log_level)
+    cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
+                  agent__device=device)
+    from agents.file_agent import run_file_agent
+
+    stop = _stop_on_signals()
+    run_file_agent(cfg, [str(w) for w in watch], stop, ready=lambda: _ready(f"agent watching {len(watch)} dirs"))
+
+
+@app.command()
+def worker(
+    bootstrap: BootstrapOpt = None,
+    topic_prefix: PrefixOpt = None,
+    policy: PolicyOpt = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Distributed mode: a faust worker that runs the detectors per user (scale out by partitions)."""
+    setup_logging(log_level)
+    cfg = _config(config, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix, policy_file=policy)
+    from stream.faust_app import run_worker
+
+    pol = _policy(cfg)
+    _ensure_topics(cfg)
+    level = {"warning": "warn", "critical": "crit"}.get(log_level, log_level)
+    run_worker(cfg, pol, loglevel=level, ready=lambda: _ready("worker assigned"))
+
+
+@sink_app.command("clickhouse")
+def sink_clickhouse(
+    bootstrap: BootstrapOpt = None,
+    topic_prefix: PrefixOpt = None,
+    data_dir: DataDirOpt = None,
+    clickhouse_url: Annotated[str | None, typer.Option("--clickhouse-url", help="Server URL (or CLICKHOUSE_URL); "
+                                                       "default: chDB in the data dir.")] = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Consume events, alerts and dead letters from Kafka into ClickHouse (forensic history)."""
+    setup_logging(log_level)
+    cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
+                  store__url=clickhouse_url)
+    from sinks.kafka_sink import run_clickhouse_sink
+
+    _ensure_topics(cfg)
+    stop = _stop_on_signals()
+    run_clickhouse_sink(cfg, stop, ready=lambda: _ready("clickhouse sink consuming"))
+
+
+def _ensure_topics(cfg: Config) -> None:
+    from agents.kafka_admin import ensure_topics
+    from schemas.topics import Topics
+
+    topics = Topics.with_prefix(cfg.kafka.topic_prefix)
+    ensure_topics(cfg.kafka, [topics.events], cfg.kafka.partitions)
+    ensure_topics(cfg.kafka, [topics.alerts, topics.deadletter, topics.features], 1)
+
+
+@topics_app.command("create")
+def topics_create(bootstrap: BootstrapOpt = None, topic_prefix: PrefixOpt = None, config: ConfigOpt = None) -> None:
+    """Create the dw.* topics (idempotent)."""
+    setup_logging("warning")
+    cfg = _config(config, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix)
+    _ensure_topics(cfg)
+    out.print("topics ready")
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="Read-only SQL, e.g. \"SELECT count() FROM events\".")],
+    data_dir: DataDirOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value for {name:Type}.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Read-only SQL against the forensic store (works while `dataward run` owns it)."""
+    setup_logging("warning")
+    cfg = _config(config, data_dir=data_dir)
+    from sinks.query_client import run_query
+
+    params = dict(p.split("=", 1) for p in (param or []))
+    try:
+        result = run_query(cfg, sql, params or None)
+    except Exception as exc:  # the store's own message is the useful part for an analyst
+        err.print(f"[red]query failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    if fmt == "json":
+        rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+        sys.stdout.write(json.dumps(rows, default=str, indent=None) + "\n")
+        return
+    table = Table(*result.columns, show_lines=False)
+    for row in result.rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+    out.print(f"{len(result.rows)} rows")
+
+
+@simulate_app.command("rename")
+def simulate_rename_cmd(
+    directory: Annotated[Path, typer.Argument(help="A watched directory.")],
+    files: Annotated[int, typer.Option("--files", "-n")] = 300,
+    extension: Annotated[str, typer.Option("--ext")] = ".locked",
+) -> None:
+    """Create N files in DIR/dataward-selftest and rename each to *.locked (mass-rename self-test)."""
+    from dataward.simulate import simulate_rename
+
+    n = simulate_rename(directory, files, extension)
+    out.print(f"renamed {n} files under {directory / 'dataward-selftest'}")
+
+
+@simulate_app.command("delete")
+def simulate_delete_cmd(
+    directory: Annotated[Path, typer.Argument(help="A watched directory.")],
+    files: Annotated[int, typer.Option("--files", "-n")] = 300,
+) -> None:
+    """Create N files in DIR/dataward-selftest and delete them (bulk-delete self-test)."""
+    from dataward.simulate import simulate_delete
+
+    n = simulate_delete(directory, files)
+    out.print(f"deleted {n} files under {directory / 'dataward-selftest'}")
+
+
+@policy_app.command("check")
+def policy_check(path: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
+    """Validate a policy file; errors name file:line."""
+    from detectors.policy import PolicyError, load_policy
+
+    try:
+        pol = load_policy(path)
+    except PolicyError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    table = Table("rule", "level", "threshold", "window_s", "critical_at", "enabled")
+    for rule in pol.rules:
+        table.add_row(rule.name, rule.level, str(rule.threshold), str(rule.window_s), str(rule.critical_at),
+                      str(rule.enabled))
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

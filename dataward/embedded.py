@@ -1,0 +1,146 @@
+"""The embedded mode: the whole product in one process on one machine.
+
+watcher --(in-process bus)--> decode/detect with per-user state --> ClickHouse (chDB), alerts
+JSONL, console. Same detectors and sinks as the distributed mode; the bus replaces Kafka and the
+process owns the chDB directory, serving read-only SQL on loopback for `dataward query`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from agents.watcher import FileWatcher
+from dataward.config import Config
+from detectors.policy import Policy
+from schemas.alert import Alert
+from schemas.event import AccessEvent
+from sinks.batcher import Batcher
+from sinks.jsonl import AlertJsonlWriter
+from sinks.query_server import QueryServer
+from sinks.store import Store
+from stream.bus import BatchBus
+from stream.processing import detect
+
+log = logging.getLogger("dataward.embedded")
+
+TAKE_MAX = 5_000
+TAKE_WITHIN_S = 0.05
+
+
+class EmbeddedPipeline:
+    """Start with start(); stop with stop() (idempotent). on_alert is called for each alert."""
+
+    def __init__(
+        self,
+        config: Config,
+        policy: Policy,
+        watch: Sequence[str],
+        on_alert: Callable[[Alert], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.watch = [str(Path(w).resolve()) for w in watch]
+        self.on_alert = on_alert
+        self.bus: BatchBus[AccessEvent] = BatchBus()
+        self.state: dict[str, bytes] = {}
+        self.events_processed = 0
+        self.alerts_raised = 0
+        self._stop = threading.Event()
+        self._store: Store | None = None
+        self._batcher: Batcher[AccessEvent] | None = None
+        self._jsonl: AlertJsonlWriter | None = None
+        self._server: QueryServer | None = None
+        self._watcher: FileWatcher | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+        store = Store.open(self.config.store_dsn, self.config.store.database, self.config.store.retention_days)
+        store.ensure_schema()
+        self._store = store
+        self._batcher = Batcher(
+            store.insert_events,
+            batch_rows=self.config.store.batch_rows,
+            flush_interval_s=self.config.store.flush_interval_s,
+        )
+        self._batcher.start()
+        if self.config.alerts_jsonl:
+            self._jsonl = AlertJsonlWriter(self.config.alerts_jsonl)
+        self._server = QueryServer(store, self.config.query.host, self.config.query.port)
+        self._server.start()
+        self._server.write_addr_file(self.config.query_addr_file)
+        self._thread = threading.Thread(target=self._process_loop, name="dataward-process", daemon=True)
+        self._thread.start()
+        self._watcher = FileWatcher(self.watch, self.config.device, self.bus.publish)
+        self._watcher.start()
+        log.info("embedded_started watch=%s data_dir=%s query=%s", ",".join(self.watch),
+                 self.config.data_dir, self.query_url)
+
+    @property
+    def query_url(self) -> str:
+        if not self._server:
+            return ""
+        host, port = self._server.address
+        return f"http://{host}:{port}"
+
+    def _process_loop(self) -> None:
+        while True:
+            batch = self.bus.take(TAKE_MAX, TAKE_WITHIN_S)
+            if batch:
+                self._process(batch)
+            elif self._stop.is_set() and self.bus.drained():
+                return
+
+    def _process(self, events: list[AccessEvent]) -> None:
+        assert self._batcher is not None and self._store is not None
+        # Alerts first: they are what a human is waiting for; the event history follows within
+        # the flush interval.
+        alerts = detect(self.state, events, self.policy)
+        for alert in alerts:
+            self._emit_alert(alert)
+        self._batcher.add_many(events)
+        self.events_processed += len(events)
+
+    def _emit_alert(self, alert: Alert) -> None:
+        assert self._store is not None
+        self.alerts_raised += 1
+        log.warning("alert rule=%s severity=%s user=%s files=%d uid=%s", alert.rule, alert.severity,
+                    alert.user, alert.file_count, alert.uid)
+        if self._jsonl:
+            self._jsonl.write(alert)
+        self._store.insert_alerts([alert])
+        if self.on_alert:
+            self.on_alert(alert)
+
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """True once the bus is drained and the event history flushed (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.bus.drained() and self._batcher is not None and self._batcher.pending() == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        # Order matters: no new events, then drain what is in flight, then flush, then close.
+        if self._watcher:
+            self._watcher.stop()
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=60)
+        if self._batcher:
+            self._batcher.close()
+        if self._jsonl:
+            self._jsonl.close()
+        if self._server:
+            self._server.stop()
+        if self._store:
+            self._store.close()
+        log.info("embedded_stopped events=%d alerts=%d", self.events_processed, self.alerts_raised)

@@ -1,0 +1,33 @@
+"""bulk_delete: many deletes by one user in a short window (destruction, or encrypt-copy-delete)."""
+from __future__ import annotations
+
+from detectors import explain
+from detectors.policy import RulePolicy
+from detectors.spec import RuleSpec
+from detectors.state import Incident, Item
+from schemas.alert import Alert
+from schemas.event import AccessEvent, Activity
+
+NAME = "bulk_delete"
+SIGNAL = "deletes"
+
+
+def key(ev: AccessEvent) -> str | None:
+    return "" if ev.activity_id == Activity.DELETE else None
+
+
+def item(ev: AccessEvent) -> Item:
+    return Item(time=ev.time, path=ev.file_path, device=ev.device, share=ev.share)
+
+
+def alert(inc: Incident, rule: RulePolicy, user: str, key: str) -> Alert:
+    title = f"{rule.title} by {user}: {explain.plural(inc.count, 'file')} in {explain.span(inc)}"
+    description = (
+        f"{user} deleted {explain.plural(inc.count, 'file')} {explain.where(inc)} between "
+        f"{explain.iso(inc.first_seen)} and {explain.iso(inc.last_seen)}; "
+        f"{explain.crossing(inc, rule, SIGNAL)}. {explain.sample_text(inc)}."
+    )
+    return explain.build_alert(inc, rule, user, SIGNAL, title, " ".join(description.split()))
+
+
+SPEC = RuleSpec(NAME, key, item, alert)

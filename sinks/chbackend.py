@@ -1,0 +1,234 @@
+"""The two ways to reach ClickHouse: embedded chDB in a directory, or a server over HTTP.
+
+Writes go through one clickhouse-connect client (columnar Native inserts). Reads are kept apart
+from writes because ``readonly=1`` cannot be undone on a connection: chDB applies per-call
+settings with SET and cannot restore them once readonly is on. So each chDB read gets its own
+short-lived engine connection (about 1 ms), and each server read carries readonly in its own
+request. Failures come back as the two kinds in ``sinks.errors``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from sinks.errors import StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CODE = re.compile(r"Code:\s*(\d+)")
+# Server-side codes that clear up on their own: timeouts, memory, too many parts or queries,
+# network, replica/keeper trouble, shutting down.
+_RETRIABLE_CODES = frozenset({159, 160, 202, 203, 209, 210, 241, 242, 252, 319, 425, 999})
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced, for logs and error messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and code > 0:
+        return code
+    found = _CODE.search(str(exc))
+    return int(found.group(1)) if found else None
+
+
+def classify(exc: Exception, what: str) -> StoreError | StoreUnavailable:
+    """Map a driver/engine exception to retriable or permanent."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    text = str(exc)
+    if isinstance(exc, StoreError | StoreUnavailable):
+        return exc
+    if "Error initializing EmbeddedServer" in text or "Unable to open the chdb engine" in text:
+        return StoreUnavailable(f"{what}: the chDB directory is open in another process ({text})")
+    code = error_code(exc)
+    if isinstance(exc, OperationalError | ConnectionError | TimeoutError) or code in _RETRIABLE_CODES:
+        return StoreUnavailable(f"{what}: {text}", code=code)
+    return StoreError(f"{what}: {text}", code=code)
+
+
+def setting_sql(name: str, value: str) -> str:
+    if not _SETTING_NAME.match(name):
+        raise StoreError(f"invalid setting name {name!r}")
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"SET {name} = '{escaped}'"
+
+
+class Backend(Protocol):
+    def command(self, sql: str) -> None: ...
+
+    def insert(
+        self,
+        table: str,
+        names: Sequence[str],
+        types: Sequence[Any],
+        columns: Sequence[Sequence[Any]],
+        settings: Mapping[str, str],
+    ) -> None: ...
+
+    def read(
+        self, sql: str, fmt: str, params: Mapping[str, str], settings: Mapping[str, str], database: str | None
+    ) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _ClientWriter:
+    """Writes through one clickhouse-connect client; shared by both backends."""
+
+    def __init__(self, client: Any, label: str) -> None:
+        self._client = client
+        self._label = label
+
+    def command(self, sql: str) -> None:
+        try:
+            self._client.command(sql)
+        except Exception as exc:
+            raise classify(exc, f"command on {self._label}") from exc
+
+    def insert(
+        self,
+        table: str,
+        names: Sequence[str],
+        types: Sequence[Any],
+        columns: Sequence[Sequence[Any]],
+        settings: Mapping[str, str],
+    ) -> None:
+        from clickhouse_connect.driver.insert import InsertContext
+
+        # Column types are given, so no DESCRIBE round trip; a fresh context per batch costs
+        # nothing and keeps concurrent inserts from sharing mutable state.
+        context = InsertContext(
+            table, list(names), list(types), data=columns, column_oriented=True, settings=dict(settings)
+        )
+        try:
+            self._client.data_insert(context)
+        except Exception as exc:
+            raise classify(exc, f"insert into {table} on {self._label}") from exc
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("close_failed backend=%s", self._label, exc_info=True)
+
+
+class ChdbBackend(_ClientWriter):
+    def __init__(self, path: str) -> None:
+        import clickhouse_connect
+
+        self.path = os.path.realpath(path)
+        try:
+            client = clickhouse_connect.get_client(dsn=f"chdb://{self.path}")
+        except Exception as exc:
+            raise classify(exc, f"open chdb://{self.path}") from exc
+        super().__init__(client, f"chdb://{self.path}")
+
+    def read(
+        self, sql: str, fmt: str, params: Mapping[str, str], settings: Mapping[str, str], database: str | None
+    ) -> bytes:
+        import chdb
+
+        try:
+            conn = chdb.connect(self.path)
+        except Exception as exc:
+            raise classify(exc, f"open chdb://{self.path}") from exc
+        try:
+            if database:
+                try:
+                    conn.query(f"USE `{database}`")
+                except Exception:  # noqa: BLE001 - before ensure_schema; stay on default
+                    log.debug("use_database_failed database=%s", database)
+            conn.query(setting_sql("session_timezone", "UTC"))
+            for name, value in settings.items():
+                conn.query(setting_sql(name, value))
+            # Last, so nothing after it (including the SQL's own SETTINGS clause) can lift it.
+            conn.query("SET readonly = 1")
+            result = conn.query(sql, fmt, params=dict(params))
+            return result.bytes() or b""
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise classify(exc, "query") from exc
+        finally:
+            conn.close()
+
+
+class ServerBackend(_ClientWriter):
+    def __init__(self, dsn: str) -> None:
+        import clickhouse_connect
+
+        self._dsn_label = redact_dsn(dsn)
+        try:
+            client = clickhouse_connect.get_client(dsn=dsn, compress=False)
+            reader = clickhouse_connect.get_client(dsn=dsn, compress=False, autogenerate_session_id=False)
+        except Exception as exc:
+            raise classify(exc, f"connect {self._dsn_label}") from exc
+        super().__init__(client, self._dsn_label)
+        self._reader = reader
+
+    def read(
+        self, sql: str, fmt: str, params: Mapping[str, str], settings: Mapping[str, str], database: str | None
+    ) -> bytes:
+        values = {name: unescape_param(text) for name, text in params.items()}
+        per_query: dict[str, str] = {**settings, "readonly": "1"}
+        if database:
+            self._reader.database = database
+        try:
+            return self._reader.raw_query(sql, parameters=values or None, settings=per_query, fmt=fmt)
+        except Exception as exc:
+            raise classify(exc, f"query on {self._dsn_label}") from exc
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self._reader.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            log.debug("close_failed backend=%s", self._dsn_label, exc_info=True)
+
+
+_UNESCAPE = {"t": "\t", "n": "\n", "r": "\r", "0": "\0", "b": "\b", "f": "\f", "\\": "\\", "'": "'"}
+
+
+def unescape_param(text: str) -> str | None:
+    """ClickHouse escaped-text parameter (as sent in ``param_x``) -> Python value."""
+    if text == "\\N":
+        return None
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append(_UNESCAPE.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def open_backend(dsn: str) -> Backend:
+    if dsn.startswith("chdb://"):
+        path = dsn[len("chdb://") :]
+        if not path:
+            raise StoreError("chdb DSN needs a directory: chdb:///abs/dir")
+        return ChdbBackend(path)
+    if dsn.startswith(("http://", "https://")):
+        return ServerBackend(dsn)
+    raise StoreError(f"unsupported store DSN {redact_dsn(dsn)!r}: use chdb:///dir or http(s)://host:port")

@@ -1,0 +1,96 @@
+"""``dataward query``: run read-only SQL against whichever store this configuration points at.
+
+Order: a ClickHouse server (``store.url``); else the query endpoint of the process that owns the
+embedded chDB directory (its address in ``query.addr``, used when it answers /ping); else open the
+chDB directory directly (nobody owns it), read, and close it again.
+"""
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+
+from dataward.config import Config
+from sinks.store import QueryResult, Store, StoreError, StoreUnavailable, param_text, parse_json_compact
+
+log = logging.getLogger(__name__)
+
+PING_TIMEOUT_S = 2.0
+QUERY_TIMEOUT_S = 300.0
+
+
+def endpoint_url(addr_file: Path) -> str | None:
+    """The endpoint URL from the addr file if its server answers /ping, else None (stale file)."""
+    try:
+        url = addr_file.read_text().strip()
+    except OSError:
+        return None
+    if not url.startswith("http://"):
+        return None
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=PING_TIMEOUT_S) as resp:  # noqa: S310 - http only
+            return url if resp.status == 200 and resp.read().startswith(b"Ok.") else None
+    except (OSError, urllib.error.URLError):
+        log.debug("query_endpoint_stale url=%s", url)
+        return None
+
+
+def query_endpoint(
+    url: str, sql: str, parameters: Mapping[str, Any] | None = None, database: str | None = None
+) -> QueryResult:
+    args = {"default_format": "JSONCompact", "output_format_json_quote_64bit_integers": "0"}
+    if database:
+        args["database"] = database
+    args.update({f"param_{k}": param_text(v) for k, v in (parameters or {}).items()})
+    req = urllib.request.Request(f"{url}/?{urlencode(args)}", data=sql.encode(), method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT_S) as resp:  # noqa: S310 - loopback http
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace").strip()
+        kind = StoreUnavailable if exc.code == 503 else StoreError
+        raise kind(text, code=_header_code(exc.headers.get("X-ClickHouse-Exception-Code"))) from None
+    except (OSError, urllib.error.URLError) as exc:
+        raise StoreUnavailable(f"query endpoint {url}: {exc}") from None
+    try:
+        return parse_json_compact(body)
+    except msgspec.DecodeError as exc:
+        raise StoreError(f"unexpected answer from {url}: {exc}") from None
+
+
+def _header_code(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _chdb_dir(config: Config) -> Path:
+    return Path(config.store_dsn[len("chdb://") :])
+
+
+def run_query(config: Config, sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
+    if config.store.url:
+        with Store.open(config.store.url, config.store.database, config.store.retention_days) as store:
+            return store.query(sql, parameters)
+    url = endpoint_url(config.query_addr_file)
+    if url is not None:
+        log.debug("query_via endpoint=%s", url)
+        return query_endpoint(url, sql, parameters, config.store.database)
+    path = _chdb_dir(config)
+    if not path.is_dir():
+        raise StoreError(
+            f"no dataward store in {config.data_dir} yet (no {path}): start `dataward run` or the sink "
+            "first, or set store.url / CLICKHOUSE_URL"
+        )
+    try:
+        store = Store.open(config.store_dsn, config.store.database, config.store.retention_days)
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(
+            f"{exc}; the owning process is not serving queries (no live {config.query_addr_file})"
+        ) from None
+    with store:
+        return store.query(sql, parameters)

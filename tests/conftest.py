@@ -1,0 +1,91 @@
+"""Shared fixtures. Kafka is real: KAFKA_BOOTSTRAP if set, else a testcontainers broker when a
+Docker engine answers, else the project's own broker (scripts/kafka). Each test gets fresh topics
+through a unique topic prefix, so tests never see each other's messages."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    env = os.environ.get("KAFKA_BOOTSTRAP")
+    if env:
+        yield env
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    script = ROOT / "scripts" / "kafka"
+    started = subprocess.run([str(script), "status"], capture_output=True).returncode != 0
+    out = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        pytest.fail(f"scripts/kafka start failed:\n{out.stderr}")
+    bootstrap = out.stdout.strip().splitlines()[-1]
+    os.environ["KAFKA_BOOTSTRAP"] = bootstrap  # subprocesses started by tests inherit it
+    yield bootstrap
+    if started:
+        subprocess.run([str(script), "stop"], capture_output=True, timeout=60)
+        os.environ.pop("KAFKA_BOOTSTRAP", None)
+
+
+@pytest.fixture
+def topic_prefix(kafka_bootstrap: str) -> str:
+    """A unique prefix: Topics.with_prefix(prefix) names this test's own topics."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def kafka_topics(kafka_bootstrap: str, topic_prefix: str):
+    """Creates this test's dw.* topics (6 partitions for events, like production) and returns Topics."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from schemas.topics import Topics
+
+    topics = Topics.with_prefix(topic_prefix)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    wanted = [
+        NewTopic(topics.events, num_partitions=6, replication_factor=1),
+        NewTopic(topics.alerts, num_partitions=1, replication_factor=1),
+        NewTopic(topics.deadletter, num_partitions=1, replication_factor=1),
+    ]
+    for fut in admin.create_topics(wanted, operation_timeout=30).values():
+        fut.result(timeout=30)
+    return topics
+
+
+@pytest.fixture
+def dataward_proc(tmp_path: Path):
+    """Factory: start `dataward ARGS...` as a process; all are stopped (SIGINT) at teardown."""
+    from tests.procs import DatawardProcess
+
+    started: list[DatawardProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> DatawardProcess:
+        proc = DatawardProcess(list(args), tmp_path / f"{args[0]}-{len(started)}.log", env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
