@@ -88,10 +88,10 @@ def build_app(config: Config, policy: Policy, ready: Callable[[], None] | None =
         name="user-state",
         default=None,
         key_type=str,
-        key_serializer="raw",
-        value_serializer="raw",
         partitions=config.kafka.partitions,
     )
+    # Keys stay JSON (they come back as str on recovery); values are the detectors' own encoding.
+    state.value_serializer = "raw"
     app.tables.add(state)
     counters = Counters()
     announced = False
