@@ -70,7 +70,8 @@ class KafkaPublisher:
         conf: dict[str, str | int | bool] = {**kafka.client_config(), **PRODUCER_DEFAULTS,
                                               "client.id": f"dataward-agent-{device}"}
         conf.update(producer_overrides or {})
-        self._producer = Producer(conf)
+        # librdkafka's own log lines go through logging, not straight to stderr.
+        self._producer = Producer(conf, logger=logging.getLogger("agents.librdkafka"))
         self._budget_s = produce_budget_s
         self._retry_backoff_s = retry_backoff_s
         self._service_interval_s = service_interval_s

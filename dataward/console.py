@@ -21,6 +21,5 @@ def print_alert(alert: Alert) -> None:
         f"[{style}] {alert.severity.upper()} [/{style}] {alert.title}\n"
         f"    rule={alert.rule} user={alert.user} files={alert.file_count} "
         f"first_seen={_ts(alert.first_seen)} detected_at={_ts(alert.detected_at)} UTC\n"
-        f"    {alert.description}\n"
-        f"    e.g. {', '.join(alert.paths[:3])}"
+        f"    {alert.description}"
     )
