@@ -16,8 +16,10 @@ from agents.watcher import FileWatcher
 from dataward.config import Config
 from detectors.policy import Policy
 from schemas.alert import Alert
+from schemas.codec import encode, encode_many
 from schemas.event import AccessEvent
 from sinks.batcher import Batcher
+from sinks.errors import StoreFailure
 from sinks.jsonl import AlertJsonlWriter
 from sinks.query_server import QueryServer
 from sinks.store import Store
@@ -66,6 +68,8 @@ class EmbeddedPipeline:
             store.insert_events,
             batch_rows=self.config.store.batch_rows,
             flush_interval_s=self.config.store.flush_interval_s,
+            on_permanent=self._park_rejected,
+            name="events",
         )
         self._batcher.start()
         if self.config.alerts_jsonl:
@@ -99,11 +103,22 @@ class EmbeddedPipeline:
         assert self._batcher is not None and self._store is not None
         # Alerts first: they are what a human is waiting for; the event history follows within
         # the flush interval.
-        alerts = detect(self.state, events, self.policy)
-        for alert in alerts:
-            self._emit_alert(alert)
+        try:
+            for alert in detect(self.state, events, self.policy):
+                self._emit_alert(alert)
+        except Exception:
+            # A bug in one batch's detection must not stop the history: keep recording events.
+            log.exception("detect_failed events=%d", len(events))
         self._batcher.add_many(events)
         self.events_processed += len(events)
+
+    def _park_rejected(self, batch: Sequence[AccessEvent], exc: Exception) -> None:
+        """The store refused a batch for good: keep it on disk for replay instead of dropping it."""
+        target = Path(self.config.data_dir) / "rejected"
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / f"events-{time.time_ns()}.jsonl"
+        path.write_bytes(b"\n".join(encode_many(batch)) + b"\n")
+        log.error("store_rejected_batch rows=%d parked=%s reason=%r", len(batch), path, str(exc)[:300])
 
     def _emit_alert(self, alert: Alert) -> None:
         assert self._store is not None
@@ -112,7 +127,15 @@ class EmbeddedPipeline:
                     alert.user, alert.file_count, alert.uid)
         if self._jsonl:
             self._jsonl.write(alert)
-        self._store.insert_alerts([alert])
+        try:
+            self._store.insert_alerts([alert])
+        except StoreFailure as exc:
+            # The alert already reached the console and JSONL; keep it for the store too.
+            target = Path(self.config.data_dir) / "rejected"
+            target.mkdir(parents=True, exist_ok=True)
+            with open(target / "alerts.jsonl", "ab") as fh:
+                fh.write(encode(alert) + b"\n")
+            log.error("store_alert_failed uid=%s reason=%r", alert.uid, str(exc)[:300])
         if self.on_alert:
             self.on_alert(alert)
 
@@ -120,7 +143,7 @@ class EmbeddedPipeline:
         """True once the bus is drained and the event history flushed (for tests and shutdown)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.bus.drained() and self._batcher is not None and self._batcher.pending() == 0:
+            if self.bus.drained() and self._batcher is not None and self._batcher.pending == 0:
                 return True
             time.sleep(0.02)
         return False

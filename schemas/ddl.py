@@ -77,6 +77,9 @@ def ddl_statements(database: str, retention_days: int = 400) -> list[str]:
     if not database.replace("_", "").isalnum():
         raise ValueError(f"database name must be letters, digits and _: {database!r}")
     ttl_days = int(retention_days)
+    # toDateTime() overflows after 2106: a huge TTL would silently delete every new row.
+    if not 1 <= ttl_days <= 20_000:
+        raise ValueError(f"retention_days must be between 1 and 20000, got {retention_days}")
     return [
         f"CREATE DATABASE IF NOT EXISTS `{database}`",
         f"""CREATE TABLE IF NOT EXISTS `{database}`.`{EVENTS_TABLE}` (
