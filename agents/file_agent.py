@@ -24,7 +24,7 @@ def run_file_agent(
     stop: threading.Event,
     ready: Callable[[], None] | None = None,
     *,
-    tune_inotify: bool = True,
+    tune_inotify: bool | None = None,
     create_topics: bool = True,
     flush_timeout_s: float = 10.0,
 ) -> dict[str, int]:
@@ -34,7 +34,7 @@ def run_file_agent(
     if not roots:
         raise ValueError("nothing to watch: pass directories or set agent.watch")
     topic = Topics.with_prefix(config.kafka.topic_prefix).events
-    if tune_inotify:
+    if config.agent.tune_inotify if tune_inotify is None else tune_inotify:
         ensure_queue_size()
     if create_topics:
         try:

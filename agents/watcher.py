@@ -297,8 +297,8 @@ class FileWatcher:
     def _take(self) -> list[AccessEvent]:
         batch = self._buffer[: self._max_batch]
         del self._buffer[: self._max_batch]
-        # Indexes of the remaining Updates shift; rebuilding is cheap next to the emit itself.
-        self._update_at = {e.file_path: i for i, e in enumerate(self._buffer) if e.activity_id == Activity.UPDATE}
+        # Remaining indexes shifted: forget them (costs at most a missed coalesce, never an event).
+        self._update_at = {}
         return batch
 
     def _dispatch_loop(self) -> None:
@@ -322,8 +322,7 @@ class FileWatcher:
             log.exception("emit_failed events=%d action=retry", len(batch))
             with self._lock:
                 self._buffer[:0] = batch
-                self._update_at = {e.file_path: i for i, e in enumerate(self._buffer)
-                                   if e.activity_id == Activity.UPDATE}
+                self._update_at = {}
             if self._stopping.wait(0.5):
                 # Stopping: one last try so a transient error does not lose the tail.
                 with self._lock:

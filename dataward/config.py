@@ -59,6 +59,7 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     device: str = ""  # defaults to the host name
     watch: list[str] = []
     spool_dir: str = ""  # defaults to <data_dir>/spool
+    tune_inotify: bool = True  # raise fs.inotify.max_queued_events at start when allowed (root)
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

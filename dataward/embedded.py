@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agents.inotify_limits import ensure_queue_size
 from agents.watcher import FileWatcher
 from dataward.config import Config
 from detectors.policy import Policy
@@ -79,6 +80,8 @@ class EmbeddedPipeline:
         self._server.write_addr_file(self.config.query_addr_file)
         self._thread = threading.Thread(target=self._process_loop, name="dataward-process", daemon=True)
         self._thread.start()
+        if self.config.agent.tune_inotify:
+            ensure_queue_size()  # a fast writer must not overflow the kernel queue unnoticed
         self._watcher = FileWatcher(self.watch, self.config.device, self.bus.publish)
         self._watcher.start()
         log.info("embedded_started watch=%s data_dir=%s query=%s", ",".join(self.watch),
