@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -50,6 +51,28 @@ def test_distributed_attack_alert_in_clickhouse_and_no_event_missing(
     for proc in (sink, worker, agent):
         proc.wait_ready(90)
 
+    # Watch dw.alerts directly too: the time an on-call integration would see the alert.
+    alert_seen: dict[str, float] = {}
+    watching = threading.Event()
+
+    def watch_alerts():
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"w-{time.time_ns()}",
+                             "auto.offset.reset": "earliest"})
+        consumer.subscribe([kafka_topics.alerts])
+        deadline = time.monotonic() + 30
+        try:
+            while "t" not in alert_seen and time.monotonic() < deadline:
+                msg = consumer.poll(0.05)
+                watching.set()
+                if msg is not None and msg.error() is None and b"mass_rename" in msg.value():
+                    alert_seen["t"] = time.time()
+        finally:
+            consumer.close()
+
+    watcher = threading.Thread(target=watch_alerts, daemon=True)
+    watcher.start()
+    watching.wait(10)
+
     t_first_rename = time.time()
     simulate_rename(watched, 300, ".locked", show_progress=False)
 
@@ -59,7 +82,10 @@ def test_distributed_attack_alert_in_clickhouse_and_no_event_missing(
 
     rows = wait_for(alert_rows, 10, interval=0.2, what="mass_rename alert in ClickHouse within 10 s")
     latency = time.time() - t_first_rename
-    print(f"distributed: first rename -> alert in ClickHouse {latency * 1000:.0f} ms")
+    watcher.join(20)
+    assert "t" in alert_seen, "no mass_rename alert on the alerts topic"
+    print(f"distributed: first rename -> alert on {kafka_topics.alerts} "
+          f"{(alert_seen['t'] - t_first_rename) * 1000:.0f} ms; seen in ClickHouse by polling {latency * 1000:.0f} ms")
     assert rows[0]["severity"] in ("high", "critical")
 
     # Zero events missing: every event the agent published is in ClickHouse, once.
