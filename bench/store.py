@@ -1,0 +1,181 @@
+"""Events -> ClickHouse (embedded chDB): Store.insert_events against what the engine can take.
+
+All three write the same schema into tables of their own in one fresh chDB directory:
+- Store.insert_events, batches of 10k AccessEvent structs (pivot to columns, clickhouse-connect
+  Native insert): the path the sinks use;
+- baseline (a): the same events as JSONEachRow bytes (what arrives from Kafka), passed straight
+  through ``raw_insert``; the wire's epoch-ms ``time`` is converted in the engine by a Null-engine
+  landing table and a materialized view; checked row for row against the Store's table;
+- baseline (b): the engine alone, ``INSERT INTO ... SELECT`` generating similar rows from numbers().
+"""
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+
+from bench.common import (
+    Result,
+    chunks,
+    make_console,
+    make_workload,
+    parser,
+    progress,
+    render,
+    save,
+    setup_logging,
+    timed_result,
+    with_rate_ratios,
+)
+from schemas.codec import encode
+from schemas.ddl import EVENT_COLUMNS, EVENTS_TABLE
+from schemas.event import AccessEvent
+from sinks.store import Store
+
+BENCH = "store"
+BATCH = 10_000
+DB = "dataward"
+WARM_DB = "bench_warm"
+JSON_TABLE, LANDING, SELECT_TABLE = "events_json", "events_json_landing", "events_select"
+
+
+def _sql_literal(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(int(value))
+
+
+def landing_ddl(db: str = DB) -> list[str]:
+    """A Null table shaped like the JSON on the wire (time in epoch ms, struct defaults for omitted
+    fields) and a view moving its rows, time converted, into a copy of the events table."""
+    defaults = {f.name: f.default for f in msgspec.structs.fields(AccessEvent)
+                if f.default is not msgspec.NODEFAULT and f.default is not None}
+    cols = []
+    for name, typ in EVENT_COLUMNS:
+        typ = "Int64" if name == "time" else typ
+        default = f" DEFAULT {_sql_literal(defaults[name])}" if name in defaults else ""
+        cols.append(f"`{name}` {typ}{default}")
+    names = ", ".join(f"`{n}`" for n, _ in EVENT_COLUMNS if n != "time")
+    return [
+        f"CREATE TABLE {db}.{JSON_TABLE} AS {db}.{EVENTS_TABLE}",
+        f"CREATE TABLE {db}.{LANDING} ({', '.join(cols)}) ENGINE = Null",
+        f"CREATE MATERIALIZED VIEW {db}.{LANDING}_mv TO {db}.{JSON_TABLE} AS SELECT "
+        f"fromUnixTimestamp64Milli(`time`, 'UTC') AS `time`, {names} FROM {db}.{LANDING}",
+        f"CREATE TABLE {db}.{SELECT_TABLE} AS {db}.{EVENTS_TABLE}",
+    ]
+
+
+# Rows like the workload's: 50 users, mixed activities, paths of similar length; one in ten a rename.
+GENERATE_SQL = f"""INSERT INTO {DB}.{SELECT_TABLE}
+SELECT lower(concat(hex(cityHash64(number, 'a')), hex(cityHash64(number, 'b')))) AS uid,
+       fromUnixTimestamp64Milli(toInt64(1767225600000 + number * 144), 'UTC') AS time,
+       toUInt8([1, 1, 1, 3, 3, 3, 3, 5, 4, 1][number % 10 + 1]) AS activity_id,
+       ['Create', 'Create', 'Create', 'Update', 'Update', 'Update', 'Update', 'Rename', 'Delete', 'Create']
+           [number % 10 + 1] AS activity_name,
+       concat('user', leftPad(toString(number % 49), 2, '0')) AS user_name,
+       toString(1000 + number % 50) AS user_uid,
+       'owner' AS attribution,
+       concat('fs', toString(number % 3)) AS device,
+       'file' AS source,
+       concat('share', toString(number % 4)) AS share,
+       concat('/srv/share', toString(number % 4), '/user', leftPad(toString(number % 49), 2, '0'),
+              '/project', toString(number % 97), '/report-', leftPad(toString(number), 7, '0'), '.docx')
+           AS file_path,
+       if(number % 10 = 7, concat(file_path, '.old'), NULL) AS file_new_path,
+       if(number % 10 IN (7, 8), NULL, cityHash64(number) % 1048576) AS file_size,
+       if(number % 10 IN (3, 4, 5, 6), cityHash64(number, 'w') % 65536, NULL) AS bytes_written,
+       NULL AS entropy, NULL AS mime_type, NULL AS alarm, NULL AS message, 1001 AS class_uid
+FROM numbers({{n:UInt64}})"""
+
+
+def count(store: Store, table: str) -> int:
+    return int(store.query(f"SELECT count() FROM {DB}.{table}").rows[0][0])
+
+
+def fingerprint(store: Store, table: str) -> int:
+    """Order-independent hash of every row: equal for two tables holding the same rows."""
+    cols = ", ".join(f"`{n}`" for n, _ in EVENT_COLUMNS)
+    return int(store.query(f"SELECT groupBitXor(cityHash64(toString(tuple({cols})))) FROM {DB}.{table}").rows[0][0])
+
+
+def run(events: int, console: Console) -> list[Result]:
+    workload = make_workload(events)
+    # Bytes as they arrive from Kafka: one JSON document per event, built before any timing.
+    json_batches = [b"\n".join(encode(e) for e in batch) for batch in chunks(workload, BATCH)]
+    n = len(workload)
+    with tempfile.TemporaryDirectory(prefix="dw-bench-chdb-") as tmp:
+        store = Store.open(f"chdb://{Path(tmp) / 'chdb'}", DB)
+        try:
+            store.ensure_schema()
+            client = store._backend._client  # noqa: SLF001 - the baseline needs the raw driver
+            for stmt in landing_ddl():
+                client.command(stmt)
+            # Warm both paths (driver types, engine caches) on a scratch database, outside the timing.
+            warm = Store(store._backend, WARM_DB, store.retention_days, store.label)  # noqa: SLF001
+            warm.ensure_schema()
+            for stmt in landing_ddl(WARM_DB):
+                client.command(stmt)
+            warm.insert_events(workload[:BATCH])
+            client.raw_insert(f"{WARM_DB}.{LANDING}", insert_block=json_batches[0], fmt="JSONEachRow")
+            gc.collect()
+            with progress(console) as prog:
+                task = prog.add_task("Store.insert_events", total=n)
+                t0 = time.perf_counter()
+                for batch in chunks(workload, BATCH):
+                    store.insert_events(batch)
+                    prog.advance(task, len(batch))
+                store_s = time.perf_counter() - t0
+                gc.collect()
+
+                task = prog.add_task("raw_insert JSONEachRow", total=n)
+                t0 = time.perf_counter()
+                for body in json_batches:
+                    client.raw_insert(f"{DB}.{LANDING}", insert_block=body, fmt="JSONEachRow")
+                    prog.advance(task, body.count(b"\n") + 1)
+                json_s = time.perf_counter() - t0
+            gc.collect()
+
+            t0 = time.perf_counter()
+            client.command(GENERATE_SQL, parameters={"n": n})
+            select_s = time.perf_counter() - t0
+
+            counts = {t: count(store, t) for t in (EVENTS_TABLE, JSON_TABLE, SELECT_TABLE)}
+            if set(counts.values()) != {n}:
+                raise RuntimeError(f"row counts differ from {n}: {counts}")
+            same_rows = fingerprint(store, EVENTS_TABLE) == fingerprint(store, JSON_TABLE)
+        finally:
+            store.close()
+    results = [
+        timed_result(BENCH, "Store.insert_events (structs, 10k/batch)", n, store_s),
+        timed_result(BENCH, "(a) raw_insert JSONEachRow bytes (10k/batch)", n, json_s, baseline=True,
+                     extra={"same rows as Store": "yes" if same_rows else "NO"}),
+        timed_result(BENCH, "(b) engine INSERT ... SELECT FROM numbers()", n, select_s),
+    ]
+    with_rate_ratios(results)
+    engine = results[2].rate or 1.0
+    for r in results:
+        r.extra["vs (b) engine"] = f"{(r.rate or 0) / engine:.2f}x"
+    return results
+
+
+def report(console: Console, results: list[Result]) -> None:
+    render(console, "Store: events -> embedded chDB (rate = rows/s)", results, count_label="rows",
+           note="One fresh chDB directory, one table per path, same schema (MergeTree ORDER BY (user_name, time)).")
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0], 200_000).parse_args()
+    setup_logging(args.verbose)
+    console = make_console()
+    results = run(args.events, console)
+    report(console, results)
+    save(results, BENCH)
+
+
+if __name__ == "__main__":
+    main()
