@@ -161,13 +161,14 @@ def sink_clickhouse(
     data_dir: DataDirOpt = None,
     clickhouse_url: Annotated[str | None, typer.Option("--clickhouse-url", help="Server URL (or CLICKHOUSE_URL); "
                                                        "default: chDB in the data dir.")] = None,
+    alerts_jsonl: Annotated[str | None, typer.Option("--alerts-jsonl", help="Also append alerts here.")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Consume events, alerts and dead letters from Kafka into ClickHouse (forensic history)."""
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
-                  store__url=clickhouse_url)
+                  store__url=clickhouse_url, alerts_jsonl=alerts_jsonl)
     from sinks.kafka_sink import run_clickhouse_sink
 
     _ensure_topics(cfg)

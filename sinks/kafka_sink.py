@@ -23,6 +23,7 @@ from dataward.config import Config
 from schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event
 from schemas.deadletter import DeadLetter
 from schemas.topics import Topics
+from sinks.jsonl import AlertJsonlWriter
 from sinks.query_server import QueryServer
 from sinks.store import Store, StoreFailure, StoreUnavailable
 
@@ -93,8 +94,16 @@ def decode_group(
 class ClickHouseSink:
     """The loop body, separate from run_clickhouse_sink so tests can drive one batch at a time."""
 
-    def __init__(self, store: Store, topics: Topics, consumer: Consumer, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        store: Store,
+        topics: Topics,
+        consumer: Consumer,
+        stop: threading.Event,
+        alert_writer: AlertJsonlWriter | None = None,
+    ) -> None:
         self.store = store
+        self.alert_writer = alert_writer
         self.topics = topics
         self.consumer = consumer
         self.stop = stop
@@ -140,6 +149,9 @@ class ClickHouseSink:
             if done is None:
                 return False
             setattr(self.counters, f"inserted_{kind}", getattr(self.counters, f"inserted_{kind}") + done)
+            if kind == "alerts" and self.alert_writer is not None:
+                # After the insert, before the commit: a replay may repeat a line (same uid), never skip one.
+                self.alert_writer.write_many(good)
         if bad:
             # Own token: for the dead-letter topic the good rows went to the same table above.
             bad_token = f"{token}:bad"
@@ -192,6 +204,7 @@ def run_clickhouse_sink(
         return SinkCounters()
     server: QueryServer | None = None
     consumer: Consumer | None = None
+    alert_writer = AlertJsonlWriter(config.alerts_jsonl) if config.alerts_jsonl else None
     try:
         if store.embedded:
             server = QueryServer(store, config.query.host, config.query.port).start()
@@ -210,7 +223,7 @@ def run_clickhouse_sink(
             signal_ready()
 
         consumer.subscribe([topics.events, topics.alerts, topics.deadletter], on_assign=on_assign)
-        sink = ClickHouseSink(store, topics, consumer, stop)
+        sink = ClickHouseSink(store, topics, consumer, stop, alert_writer)
         log.info("sink_started store=%s group=%s", store.label, consumer_config(config)["group.id"])
         next_stats = time.monotonic() + STATS_INTERVAL_S
         while not stop.is_set():
@@ -226,6 +239,8 @@ def run_clickhouse_sink(
     finally:
         if consumer is not None:
             consumer.close()
+        if alert_writer is not None:
+            alert_writer.close()
         if server is not None:
             server.stop()
         store.close()

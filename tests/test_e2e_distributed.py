@@ -44,7 +44,8 @@ def test_distributed_attack_alert_in_clickhouse_and_no_event_missing(
     watched, sink_dir, agent_dir = tmp_path / "watched", tmp_path / "sink", tmp_path / "agent"
     watched.mkdir()
     common = ["--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix]
-    sink = dataward_proc("sink", "clickhouse", *common, "--data-dir", str(sink_dir))
+    jsonl = tmp_path / "alerts.jsonl"
+    sink = dataward_proc("sink", "clickhouse", *common, "--data-dir", str(sink_dir), "--alerts-jsonl", str(jsonl))
     worker = dataward_proc("worker", *common)
     agent = dataward_proc("agent", "file", "--watch", str(watched), *common, "--data-dir", str(agent_dir),
                           "--device", "fs-test-1")
@@ -87,6 +88,8 @@ def test_distributed_attack_alert_in_clickhouse_and_no_event_missing(
     print(f"distributed: first rename -> alert on {kafka_topics.alerts} "
           f"{(alert_seen['t'] - t_first_rename) * 1000:.0f} ms; seen in ClickHouse by polling {latency * 1000:.0f} ms")
     assert rows[0]["severity"] in ("high", "critical")
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert any(a["rule"] == "mass_rename" and a["severity"] in ("high", "critical") for a in lines)
 
     # Zero events missing: every event the agent published is in ClickHouse, once.
     published = _drain(kafka_bootstrap, kafka_topics.events)
