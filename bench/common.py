@@ -12,7 +12,7 @@ import platform
 import random
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -182,3 +182,14 @@ def make_console() -> Console:
     c = Console()
     # Piped to a file (docs, CI logs), rich would wrap the tables at 80 columns.
     return c if c.is_terminal else Console(width=150)
+
+
+def standalone(doc: str | None, bench: str, run: Callable[[int, Console], list[Result]],
+               report: Callable[[Console, list[Result]], None], default_events: int = 200_000) -> None:
+    """`python -m bench.<name>`: parse --events/-v, run, print the table, save the results."""
+    args = parser((doc or bench).splitlines()[0], default_events).parse_args()
+    setup_logging(args.verbose)
+    out = make_console()
+    results = run(args.events, out)
+    report(out, results)
+    save(results, bench)

@@ -25,13 +25,10 @@ from bench.common import (
     REPO,
     Result,
     chunks,
-    make_console,
     make_workload,
-    parser,
     progress,
     render,
-    save,
-    setup_logging,
+    standalone,
     timed_result,
     with_rate_ratios,
 )
@@ -176,12 +173,7 @@ def report(console: Console, results: list[Result]) -> None:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], 200_000).parse_args()
-    setup_logging(args.verbose)
-    console = make_console()
-    results = run(args.events, console)
-    report(console, results)
-    save(results, BENCH)
+    standalone(__doc__, BENCH, run, report)
 
 
 if __name__ == "__main__":
