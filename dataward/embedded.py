@@ -117,17 +117,21 @@ class EmbeddedPipeline:
 
     def _park_rejected(self, batch: Sequence[AccessEvent], exc: Exception) -> None:
         """The store refused a batch for good: keep it on disk for replay instead of dropping it."""
+        path = self._park(f"events-{time.time_ns()}.jsonl", encode_many(batch))
+        log.error("store_rejected_batch rows=%d parked=%s reason=%r", len(batch), path, str(exc)[:300])
+
+    def _park(self, name: str, records: Sequence[bytes]) -> Path:
+        """Append JSON lines under <data_dir>/rejected/ for a later replay."""
         target = Path(self.config.data_dir) / "rejected"
         target.mkdir(parents=True, exist_ok=True)
-        path = target / f"events-{time.time_ns()}.jsonl"
-        path.write_bytes(b"\n".join(encode_many(batch)) + b"\n")
-        log.error("store_rejected_batch rows=%d parked=%s reason=%r", len(batch), path, str(exc)[:300])
+        path = target / name
+        with open(path, "ab") as fh:
+            fh.write(b"".join(r + b"\n" for r in records))
+        return path
 
     def _emit_alert(self, alert: Alert) -> None:
         assert self._store is not None
         self.alerts_raised += 1
-        log.warning("alert rule=%s severity=%s user=%s files=%d uid=%s", alert.rule, alert.severity,
-                    alert.user, alert.file_count, alert.uid)
         # The human first: a chDB insert costs ~17 ms (~180 ms for the first after start).
         if self.on_alert:
             try:
@@ -140,10 +144,7 @@ class EmbeddedPipeline:
             self._store.insert_alerts([alert])
         except StoreFailure as exc:
             # The alert already reached the console and JSONL; keep it for the store too.
-            target = Path(self.config.data_dir) / "rejected"
-            target.mkdir(parents=True, exist_ok=True)
-            with open(target / "alerts.jsonl", "ab") as fh:
-                fh.write(encode(alert) + b"\n")
+            self._park("alerts.jsonl", [encode(alert)])
             log.error("store_alert_failed uid=%s reason=%r", alert.uid, str(exc)[:300])
 
     def wait_idle(self, timeout_s: float = 10.0) -> bool:

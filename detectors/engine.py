@@ -30,10 +30,6 @@ def _emit(spec: RuleSpec, inc: Incident, rule: RulePolicy, user: str, key: str, 
     alert = spec.alert(inc, rule, user, key)
     inc.emitted = inc.target
     out.append(alert)
-    log.info(
-        "alert rule=%s user=%s severity=%s uid=%s observed=%d file_count=%d",
-        rule.name, user, alert.severity.value, alert.uid, inc.observed, inc.count,
-    )
 
 
 def _bound_keys(keys: dict[str, KeyState]) -> None:

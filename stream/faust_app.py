@@ -131,10 +131,6 @@ def build_app(config: Config, policy: Policy, ready: Callable[[], None] | None =
                     _source_partition.reset(token)
                 for alert in alerts:
                     counters.alerts += 1
-                    log.warning(
-                        "alert rule=%s severity=%s user=%s files=%d uid=%s",
-                        alert.rule, alert.severity, alert.user, alert.file_count, alert.uid,
-                    )
                     await alerts_topic.send(key=alert.user.encode(), value=encode(alert))
             counters.maybe_log()
 

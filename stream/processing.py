@@ -77,6 +77,10 @@ def detect_user(
             log.error("state_reset user=%s reason=%r", user, str(exc))
     new_state, alerts = evaluate(current, user, events, policy)
     state[user] = encode_state(new_state)
+    for alert in alerts:
+        # The one log line per alert, for both modes (detectors themselves do no I/O).
+        log.warning("alert rule=%s severity=%s user=%s files=%d observed=%g uid=%s",
+                    alert.rule, alert.severity, alert.user, alert.file_count, alert.observed, alert.uid)
     return alerts
 
 
