@@ -27,7 +27,7 @@ attack: install
 ## The whole test suite, against a real Kafka broker (started by the tests via scripts/kafka).
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m schemas.generate --check
+	$(BIN)/python -m dwcore.schemas.generate --check
 	$(BIN)/pytest -q -ra
 
 lint: install

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
-from agents.inotify_limits import ensure_queue_size
-from agents.kafka_admin import ensure_topics
-from agents.publisher import KafkaPublisher
-from agents.watcher import FileWatcher
 from dataward.config import Config
-from schemas.topics import Topics
+from dwcore.agents.inotify_limits import ensure_queue_size
+from dwcore.agents.kafka_admin import ensure_topics
+from dwcore.agents.publisher import KafkaPublisher
+from dwcore.agents.watcher import FileWatcher
+from dwcore.schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from agents.spool import RecordId, Spool, SpoolFullError
 from dataward.config import KafkaConfig
-from schemas.codec import encode
-from schemas.deadletter import DeadLetter
-from schemas.event import AccessEvent
+from dwcore.agents.spool import RecordId, Spool, SpoolFullError
+from dwcore.schemas.codec import encode
+from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.event import AccessEvent
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class KafkaPublisher:
                                               "client.id": f"dataward-agent-{device}"}
         conf.update(producer_overrides or {})
         # librdkafka's own log lines go through logging, not straight to stderr.
-        self._producer = Producer(conf, logger=logging.getLogger("agents.librdkafka"))
+        self._producer = Producer(conf, logger=logging.getLogger("dwcore.agents.librdkafka"))
         self._budget_s = produce_budget_s
         self._retry_backoff_s = retry_backoff_s
         self._service_interval_s = service_interval_s

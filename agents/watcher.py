@@ -29,8 +29,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
-from agents.attribution import OwnerResolver
-from schemas.event import AccessEvent, Activity, Attribution, Source, make_event
+from dwcore.agents.attribution import OwnerResolver
+from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source, make_event
 
 log = logging.getLogger(__name__)
 

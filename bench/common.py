@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from schemas.event import AccessEvent, Activity, make_event
+from dwcore.schemas.event import AccessEvent, Activity, make_event
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / ".cache" / "bench"

@@ -23,10 +23,10 @@ from bench.common import (
     timed_result,
     with_rate_ratios,
 )
-from detectors.policy import load_policy
-from schemas.codec import encode
-from schemas.event import AccessEvent
-from stream.processing import RawMessage, decode_batch, detect
+from dwcore.detectors.policy import load_policy
+from dwcore.schemas.codec import encode
+from dwcore.schemas.event import AccessEvent
+from dwcore.stream.processing import RawMessage, decode_batch, detect
 
 BENCH = "detect"
 BATCH = 5_000

@@ -26,14 +26,14 @@ from rich.console import Console
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from agents.watcher import FileWatcher
 from bench.common import LOCKBIT_FILES_PER_S, Result, make_console, progress, render, save, setup_logging
 from bench.common import parser as base_parser
 from dataward.config import AgentConfig, Config
 from dataward.embedded import EmbeddedPipeline
-from detectors.policy import load_policy
-from schemas.alert import Alert
-from schemas.event import AccessEvent, Activity
+from dwcore.agents.watcher import FileWatcher
+from dwcore.detectors.policy import load_policy
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.event import AccessEvent, Activity
 
 BENCH = "latency"
 RULE = "mass_rename"

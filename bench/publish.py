@@ -20,7 +20,6 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 
-from agents.publisher import PRODUCER_DEFAULTS, KafkaPublisher
 from bench.common import (
     REPO,
     Result,
@@ -33,7 +32,8 @@ from bench.common import (
     with_rate_ratios,
 )
 from dataward.config import KafkaConfig
-from schemas.codec import encode
+from dwcore.agents.publisher import PRODUCER_DEFAULTS, KafkaPublisher
+from dwcore.schemas.codec import encode
 
 log = logging.getLogger("bench.publish")
 

@@ -29,10 +29,10 @@ from bench.common import (
     timed_result,
     with_rate_ratios,
 )
-from schemas.codec import encode
-from schemas.ddl import EVENT_COLUMNS, EVENTS_TABLE
-from schemas.event import AccessEvent
-from sinks.store import Store
+from dwcore.schemas.codec import encode
+from dwcore.schemas.ddl import EVENT_COLUMNS, EVENTS_TABLE
+from dwcore.schemas.event import AccessEvent
+from dwcore.sinks.store import Store
 
 BENCH = "store"
 BATCH = 10_000

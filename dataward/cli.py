@@ -56,7 +56,7 @@ def _config(config: Path | None, **overrides: Any) -> Config:
 
 
 def _policy(cfg: Config):
-    from detectors.policy import PolicyError, load_policy
+    from dwcore.detectors.policy import PolicyError, load_policy
 
     try:
         return load_policy(cfg.policy_file or None)
@@ -129,7 +129,7 @@ def agent_file(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   agent__device=device)
-    from agents.file_agent import run_file_agent
+    from dwcore.agents.file_agent import run_file_agent
 
     stop = _stop_on_signals()
     run_file_agent(cfg, [str(w) for w in watch], stop, ready=lambda: _ready(f"agent watching {len(watch)} dirs"))
@@ -146,7 +146,7 @@ def worker(
     """Distributed mode: a faust worker that runs the detectors per user (scale out by partitions)."""
     setup_logging(log_level)
     cfg = _config(config, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix, policy_file=policy)
-    from stream.faust_app import run_worker
+    from dwcore.stream.faust_app import run_worker
 
     pol = _policy(cfg)
     _ensure_topics(cfg)
@@ -169,7 +169,7 @@ def sink_clickhouse(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   store__url=clickhouse_url, alerts_jsonl=alerts_jsonl)
-    from sinks.kafka_sink import run_clickhouse_sink
+    from dwcore.sinks.kafka_sink import run_clickhouse_sink
 
     _ensure_topics(cfg)
     stop = _stop_on_signals()
@@ -177,8 +177,8 @@ def sink_clickhouse(
 
 
 def _ensure_topics(cfg: Config) -> None:
-    from agents.kafka_admin import ensure_topics
-    from schemas.topics import Topics
+    from dwcore.agents.kafka_admin import ensure_topics
+    from dwcore.schemas.topics import Topics
 
     topics = Topics.with_prefix(cfg.kafka.topic_prefix)
     ensure_topics(cfg.kafka, [topics.events], cfg.kafka.partitions)
@@ -205,7 +205,7 @@ def query(
     """Read-only SQL against the forensic store (works while `dataward run` owns it)."""
     setup_logging("warning")
     cfg = _config(config, data_dir=data_dir)
-    from sinks.query_client import run_query
+    from dwcore.sinks.query_client import run_query
 
     params = dict(p.split("=", 1) for p in (param or []))
     try:
@@ -252,7 +252,7 @@ def simulate_delete_cmd(
 @policy_app.command("check")
 def policy_check(path: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
     """Validate a policy file; errors name file:line."""
-    from detectors.policy import PolicyError, load_policy
+    from dwcore.detectors.policy import PolicyError, load_policy
 
     try:
         pol = load_policy(path)

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from schemas.alert import Alert
+from dwcore.schemas.alert import Alert
 
 _console = Console(stderr=True, highlight=False)
 _STYLE = {"low": "cyan", "medium": "yellow", "high": "bold red", "critical": "bold white on red"}

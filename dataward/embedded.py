@@ -12,22 +12,22 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agents.inotify_limits import ensure_queue_size
-from agents.watcher import FileWatcher
 from dataward.config import Config
-from detectors.policy import Policy
-from schemas.alert import Alert
-from schemas.codec import encode, encode_many
-from schemas.event import AccessEvent
-from sinks.batcher import Batcher
-from sinks.errors import StoreFailure
-from sinks.jsonl import AlertJsonlWriter
-from sinks.query_server import QueryServer
-from sinks.store import Store
-from stream.bus import BatchBus
-from stream.processing import detect
+from dwcore.agents.inotify_limits import ensure_queue_size
+from dwcore.agents.watcher import FileWatcher
+from dwcore.detectors.policy import Policy
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.codec import encode, encode_many
+from dwcore.schemas.event import AccessEvent
+from dwcore.sinks.batcher import Batcher
+from dwcore.sinks.errors import StoreFailure
+from dwcore.sinks.jsonl import AlertJsonlWriter
+from dwcore.sinks.query_server import QueryServer
+from dwcore.sinks.store import Store
+from dwcore.stream.bus import BatchBus
+from dwcore.stream.processing import detect
 
-log = logging.getLogger("dataward.embedded")
+log = logging.getLogger(__name__)
 
 TAKE_MAX = 5_000
 TAKE_WITHIN_S = 0.05

@@ -14,10 +14,10 @@ from __future__ import annotations
 import uuid
 from bisect import bisect_right
 
-from detectors import window
-from detectors.policy import RulePolicy
-from detectors.state import Incident, Item, KeyState
-from schemas.alert import Severity
+from dwcore.detectors import window
+from dwcore.detectors.policy import RulePolicy
+from dwcore.detectors.state import Incident, Item, KeyState
+from dwcore.schemas.alert import Severity
 
 INCIDENT_NAMESPACE = uuid.UUID("1045fa8b-dfa5-569b-9d58-001af279bb54")
 MAX_EXTS = 8  # distinct new extensions counted per incident; the rest go to "other"

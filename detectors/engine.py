@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from detectors import burst, rules_alarm, rules_delete, rules_rename
-from detectors.policy import Policy, RulePolicy
-from detectors.spec import RuleSpec
-from detectors.state import Incident, KeyState, UserState, copy_state
-from schemas.alert import Alert
-from schemas.event import AccessEvent
+from dwcore.detectors import burst, rules_alarm, rules_delete, rules_rename
+from dwcore.detectors.policy import Policy, RulePolicy
+from dwcore.detectors.spec import RuleSpec
+from dwcore.detectors.state import Incident, KeyState, UserState, copy_state
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.event import AccessEvent
 
-log = logging.getLogger("dataward.detectors")
+log = logging.getLogger(__name__)
 
 RULES: dict[str, RuleSpec] = {s.name: s for s in (rules_rename.SPEC, rules_delete.SPEC, rules_alarm.SPEC)}
 MAX_KEYS_PER_RULE = 64  # incident keys kept per rule and user (alarms: device x alarm)

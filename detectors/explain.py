@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
-from detectors.policy import RulePolicy
-from detectors.state import Incident
-from schemas.alert import Alert, Severity
+from dwcore.detectors.policy import RulePolicy
+from dwcore.detectors.state import Incident
+from dwcore.schemas.alert import Alert, Severity
 
 PATHS_IN_TEXT = 3  # paths quoted in the description; the full sample is in Alert.paths
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import msgspec
 import yaml
 
-from schemas.alert import Severity
+from dwcore.schemas.alert import Severity
 
 DEFAULT_POLICY_PATH = Path(__file__).parent / "default_policy.yaml"
 MAX_SAMPLE_PATHS = 1000

@@ -5,12 +5,12 @@ quiet for cooldown_s, while the same alarm on another server is a separate incid
 """
 from __future__ import annotations
 
-from detectors import explain
-from detectors.policy import RulePolicy
-from detectors.spec import RuleSpec
-from detectors.state import Incident, Item
-from schemas.alert import Alert
-from schemas.event import AccessEvent
+from dwcore.detectors import explain
+from dwcore.detectors.policy import RulePolicy
+from dwcore.detectors.spec import RuleSpec
+from dwcore.detectors.state import Incident, Item
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.event import AccessEvent
 
 NAME = "agent_alarm"
 SIGNAL = "alarms"

@@ -1,12 +1,12 @@
 """bulk_delete: many deletes by one user in a short window (destruction, or encrypt-copy-delete)."""
 from __future__ import annotations
 
-from detectors import explain
-from detectors.policy import RulePolicy
-from detectors.spec import RuleSpec
-from detectors.state import Incident, Item
-from schemas.alert import Alert
-from schemas.event import AccessEvent, Activity
+from dwcore.detectors import explain
+from dwcore.detectors.policy import RulePolicy
+from dwcore.detectors.spec import RuleSpec
+from dwcore.detectors.state import Incident, Item
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.event import AccessEvent, Activity
 
 NAME = "bulk_delete"
 SIGNAL = "deletes"

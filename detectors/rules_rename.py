@@ -5,12 +5,12 @@ because "300 files renamed to .locked" is the line that tells an analyst what ha
 """
 from __future__ import annotations
 
-from detectors import burst, explain
-from detectors.policy import RulePolicy
-from detectors.spec import RuleSpec
-from detectors.state import Incident, Item
-from schemas.alert import Alert
-from schemas.event import AccessEvent, Activity
+from dwcore.detectors import burst, explain
+from dwcore.detectors.policy import RulePolicy
+from dwcore.detectors.spec import RuleSpec
+from dwcore.detectors.state import Incident, Item
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.event import AccessEvent, Activity
 
 NAME = "mass_rename"
 SIGNAL = "renames"

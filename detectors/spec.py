@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from detectors.policy import RulePolicy
-from detectors.state import Incident, Item
-from schemas.alert import Alert
-from schemas.event import AccessEvent
+from dwcore.detectors.policy import RulePolicy
+from dwcore.detectors.state import Incident, Item
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.event import AccessEvent
 
 
 class RuleSpec(NamedTuple):

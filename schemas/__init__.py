@@ -2,11 +2,11 @@
 
 Nothing here does I/O or imports another part of dataward.
 """
-from schemas.alert import Alert, Severity
-from schemas.codec import DecodeError, decode_alert, decode_event, encode, encode_many
-from schemas.deadletter import DeadLetter
-from schemas.event import AccessEvent, Activity, Attribution, Source
-from schemas.topics import Topics
+from dwcore.schemas.alert import Alert, Severity
+from dwcore.schemas.codec import DecodeError, decode_alert, decode_event, encode, encode_many
+from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source
+from dwcore.schemas.topics import Topics
 
 __all__ = [
     "AccessEvent",

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 
 import msgspec
 
-from schemas.alert import Alert
-from schemas.deadletter import DeadLetter
-from schemas.event import AccessEvent
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.event import AccessEvent
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(AccessEvent)

@@ -1,4 +1,4 @@
-"""Write the JSON Schemas of the wire contracts: ``python -m schemas.generate``.
+"""Write the JSON Schemas of the wire contracts: ``python -m dwcore.schemas.generate``.
 
 The files are checked in so producers in other languages can validate against them; a test
 fails when they drift from the Structs.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import msgspec
 
-from schemas.alert import Alert
-from schemas.deadletter import DeadLetter
-from schemas.event import AccessEvent
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.event import AccessEvent
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
 CONTRACTS: dict[str, type[msgspec.Struct]] = {
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     if "--check" in argv:
         stale = drifted()
         if stale:
-            sys.stderr.write(f"JSON Schemas out of date: {', '.join(stale)}; run python -m schemas.generate\n")
+            sys.stderr.write(f"JSON Schemas out of date: {', '.join(stale)}; run python -m dwcore.schemas.generate\n")
             return 1
         return 0
     SCHEMA_DIR.mkdir(parents=True, exist_ok=True)

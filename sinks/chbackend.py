@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from sinks.errors import StoreError, StoreUnavailable
+from dwcore.sinks.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from schemas.alert import Alert
+from dwcore.schemas.alert import Alert
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from dataward.config import Config
-from schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event
-from schemas.deadletter import DeadLetter
-from schemas.topics import Topics
-from sinks.jsonl import AlertJsonlWriter
-from sinks.query_server import QueryServer
-from sinks.store import Store, StoreFailure, StoreUnavailable
+from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event
+from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.topics import Topics
+from dwcore.sinks.jsonl import AlertJsonlWriter
+from dwcore.sinks.query_server import QueryServer
+from dwcore.sinks.store import Store, StoreFailure, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

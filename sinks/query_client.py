@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 import msgspec
 
 from dataward.config import Config
-from sinks.store import QueryResult, Store, StoreError, StoreUnavailable, param_text, parse_json_compact
+from dwcore.sinks.store import QueryResult, Store, StoreError, StoreUnavailable, param_text, parse_json_compact
 
 log = logging.getLogger(__name__)
 

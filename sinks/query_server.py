@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from sinks.chbackend import error_code
-from sinks.store import READ_SETTINGS_ALLOWLIST, Store, StoreError, StoreUnavailable, trailing_format
+from dwcore.sinks.chbackend import error_code
+from dwcore.sinks.store import READ_SETTINGS_ALLOWLIST, Store, StoreError, StoreUnavailable, trailing_format
 
 log = logging.getLogger(__name__)
 

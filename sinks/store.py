@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from schemas.alert import Alert
-from schemas.ddl import (
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.ddl import (
     ALERT_COLUMNS,
     ALERTS_TABLE,
     DEADLETTER_COLUMNS,
@@ -26,10 +26,10 @@ from schemas.ddl import (
     EVENTS_TABLE,
     ddl_statements,
 )
-from schemas.deadletter import DeadLetter
-from schemas.event import AccessEvent
-from sinks.chbackend import Backend, open_backend, redact_dsn
-from sinks.errors import StoreError, StoreFailure, StoreUnavailable
+from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.event import AccessEvent
+from dwcore.sinks.chbackend import Backend, open_backend, redact_dsn
+from dwcore.sinks.errors import StoreError, StoreFailure, StoreUnavailable
 
 __all__ = [
     "READ_SETTINGS_ALLOWLIST",

@@ -17,12 +17,12 @@ from typing import Any
 import faust
 
 from dataward.config import Config
-from detectors.policy import Policy
-from schemas.codec import encode
-from schemas.topics import Topics
-from stream.processing import RawMessage, decode_batch, detect_user, group_by_user
+from dwcore.detectors.policy import Policy
+from dwcore.schemas.codec import encode
+from dwcore.schemas.topics import Topics
+from dwcore.stream.processing import RawMessage, decode_batch, detect_user, group_by_user
 
-log = logging.getLogger("dataward.worker")
+log = logging.getLogger(__name__)
 
 BATCH_MAX = 2_000
 BATCH_WITHIN_S = 0.1

@@ -12,15 +12,15 @@ from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from detectors.engine import evaluate
-from detectors.policy import Policy
-from detectors.state import StateError, decode_state, encode_state
-from schemas.alert import Alert
-from schemas.codec import DecodeError, decode_event
-from schemas.deadletter import DeadLetter
-from schemas.event import AccessEvent
+from dwcore.detectors.engine import evaluate
+from dwcore.detectors.policy import Policy
+from dwcore.detectors.state import StateError, decode_state, encode_state
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.codec import DecodeError, decode_event
+from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.event import AccessEvent
 
-log = logging.getLogger("dataward.stream")
+log = logging.getLogger(__name__)
 
 
 class RawMessage(NamedTuple):

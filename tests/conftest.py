@@ -60,7 +60,7 @@ def kafka_topics(kafka_bootstrap: str, topic_prefix: str):
     """Creates this test's dw.* topics (6 partitions for events, like production) and returns Topics."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from schemas.topics import Topics
+    from dwcore.schemas.topics import Topics
 
     topics = Topics.with_prefix(topic_prefix)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})

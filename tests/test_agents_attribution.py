@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import pwd
 
-from agents.attribution import UNKNOWN_OWNER, OwnerResolver
+from dwcore.agents.attribution import UNKNOWN_OWNER, OwnerResolver
 
 
 def test_existing_file_is_attributed_to_its_owner(tmp_path):

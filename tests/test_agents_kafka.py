@@ -11,12 +11,12 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from agents.file_agent import run_file_agent
-from agents.kafka_admin import ensure_topics
-from agents.publisher import KafkaPublisher
 from dataward.config import Config, KafkaConfig, load_config
-from schemas.codec import decode_event, encode
-from schemas.event import AccessEvent, Activity, make_event
+from dwcore.agents.file_agent import run_file_agent
+from dwcore.agents.kafka_admin import ensure_topics
+from dwcore.agents.publisher import KafkaPublisher
+from dwcore.schemas.codec import decode_event, encode
+from dwcore.schemas.event import AccessEvent, Activity, make_event
 
 pytestmark = pytest.mark.kafka
 
@@ -221,7 +221,7 @@ def test_message_kafka_refuses_is_set_aside_not_retried_forever(kafka_bootstrap,
     assert counters["rejected"] == 1 and counters["acked"] == 3
     rejected = (tmp_path / "spool" / "rejected.jsonl").read_text().splitlines()
     assert len(rejected) == 1 and '"uid\\":\\"big\\"' not in rejected[0]  # value kept base64 (raw bytes)
-    from schemas.codec import decode_deadletter
+    from dwcore.schemas.codec import decode_deadletter
 
     assert decode_event(decode_deadletter(rejected[0].encode()).raw).uid == "big"
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from agents import spool as spool_mod
-from agents.spool import Spool, SpoolError, SpoolFullError
+from dwcore.agents import spool as spool_mod
+from dwcore.agents.spool import Spool, SpoolError, SpoolFullError
 
 
 def recs(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
@@ -67,7 +67,7 @@ def test_torn_last_record_is_truncated_and_logged(tmp_path, caplog):
     good = seg.stat().st_size
     with open(seg, "ab") as f:  # a crash in the middle of the next batch
         f.write(spool_mod._frame(b"user9", b'{"n":99}')[:11])
-    with caplog.at_level(logging.WARNING, logger="agents.spool"):
+    with caplog.at_level(logging.WARNING, logger="dwcore.agents.spool"):
         sp2 = Spool(tmp_path)
     assert values(sp2) == [v for _, v in recs(5)]
     assert seg.stat().st_size == good

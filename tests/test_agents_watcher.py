@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from agents import inotify_limits
-from agents.watcher import ALARM_QUEUE_OVERFLOW, FileWatcher
-from schemas.event import AccessEvent, Activity, Attribution, Source
+from dwcore.agents import inotify_limits
+from dwcore.agents.watcher import ALARM_QUEUE_OVERFLOW, FileWatcher
+from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -200,7 +200,7 @@ def test_overflow_hook_emits_alarm_per_root_and_warns(tmp_path, caplog):
     w = FileWatcher([str(r) for r in roots], "fs01", sink, clock=lambda: 1_700_000_000.0)
     w.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="agents.watcher"):
+        with caplog.at_level(logging.WARNING, logger="dwcore.agents.watcher"):
             w.on_queue_overflow()
         wait_for(lambda: len([e for e in sink.events if e.alarm]) == 2, what="alarms")
     finally:
@@ -247,7 +247,7 @@ def test_real_kernel_queue_overflow_raises_the_alarm(tmp_path):
 def test_queue_size_is_raised_never_lowered(tmp_path, caplog):
     f = tmp_path / "max_queued_events"
     f.write_text("16384\n")
-    with caplog.at_level(logging.INFO, logger="agents.inotify_limits"):
+    with caplog.at_level(logging.INFO, logger="dwcore.agents.inotify_limits"):
         assert inotify_limits.ensure_queue_size(1_048_576, path=f) == 1_048_576
     assert "inotify_queue_raised sysctl=fs.inotify.max_queued_events old=16384 new=1048576" in caplog.text
     f.write_text("2000000\n")

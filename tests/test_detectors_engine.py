@@ -5,11 +5,11 @@ import itertools
 
 import pytest
 
-from detectors.engine import evaluate
-from detectors.policy import Policy, load_policy
-from detectors.state import UserState, decode_state, encode_state
-from schemas.alert import Alert, Severity
-from schemas.event import AccessEvent, Activity, make_event
+from dwcore.detectors.engine import evaluate
+from dwcore.detectors.policy import Policy, load_policy
+from dwcore.detectors.state import UserState, decode_state, encode_state
+from dwcore.schemas.alert import Alert, Severity
+from dwcore.schemas.event import AccessEvent, Activity, make_event
 
 T0 = 1_700_000_000_000  # epoch ms; every time below is T0 + offset
 _ids = itertools.count()
@@ -265,7 +265,7 @@ def test_uid_is_deterministic_across_runs(policy: Policy) -> None:
 
 def test_alarm_keys_are_bounded(policy: Policy) -> None:
     # A broken fleet raising alarms from many devices must not grow one user's state without end.
-    from detectors.engine import MAX_KEYS_PER_RULE
+    from dwcore.detectors.engine import MAX_KEYS_PER_RULE
 
     state, alerts = run(policy, [[alarm(i, device=f"fs{i:03d}") for i in range(200)]])
     assert len(alerts) == 200

@@ -8,8 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from detectors.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
-from schemas.alert import Severity
+from dwcore.detectors.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
+from dwcore.schemas.alert import Severity
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from detectors import window
-from detectors.state import Incident, Item, KeyState, StateError, UserState, decode_state, encode_state
+from dwcore.detectors import window
+from dwcore.detectors.state import Incident, Item, KeyState, StateError, UserState, decode_state, encode_state
 
 
 def test_count_window_is_half_open() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schemas import Activity, DecodeError, decode_event, encode
-from schemas.event import make_event
-from schemas.generate import CONTRACTS, SCHEMA_DIR, drifted, render
+from dwcore.schemas import Activity, DecodeError, decode_event, encode
+from dwcore.schemas.event import make_event
+from dwcore.schemas.generate import CONTRACTS, SCHEMA_DIR, drifted, render
 
 
 def _rename(**kw):
@@ -47,7 +47,7 @@ def test_bad_events_are_rejected_with_a_reason(raw, needle):
 
 
 def test_checked_in_json_schemas_match_the_structs():
-    assert drifted() == [], "run: python -m schemas.generate"
+    assert drifted() == [], "run: python -m dwcore.schemas.generate"
     for name, struct in CONTRACTS.items():
         assert (SCHEMA_DIR / f"{name}.schema.json").read_text() == render(struct)
 

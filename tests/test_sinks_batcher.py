@@ -4,8 +4,8 @@ from __future__ import annotations
 import threading
 import time
 
-from sinks.batcher import Batcher
-from sinks.errors import StoreError, StoreUnavailable
+from dwcore.sinks.batcher import Batcher
+from dwcore.sinks.errors import StoreError, StoreUnavailable
 
 
 class Clock:

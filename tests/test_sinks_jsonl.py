@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import msgspec
 
-from schemas.alert import Alert, Severity
-from sinks.jsonl import AlertJsonlWriter
+from dwcore.schemas.alert import Alert, Severity
+from dwcore.sinks.jsonl import AlertJsonlWriter
 
 
 def alert(uid: str, description: str = "") -> Alert:

@@ -9,14 +9,14 @@ import pytest
 from confluent_kafka import Producer
 
 from dataward.config import Config, KafkaConfig, StoreConfig
-from schemas.alert import Alert, Severity
-from schemas.codec import encode
-from schemas.event import Activity, make_event
-from schemas.topics import Topics
-from sinks.errors import StoreUnavailable
-from sinks.kafka_sink import ClickHouseSink, run_clickhouse_sink
-from sinks.query_client import run_query
-from sinks.store import Store
+from dwcore.schemas.alert import Alert, Severity
+from dwcore.schemas.codec import encode
+from dwcore.schemas.event import Activity, make_event
+from dwcore.schemas.topics import Topics
+from dwcore.sinks.errors import StoreUnavailable
+from dwcore.sinks.kafka_sink import ClickHouseSink, run_clickhouse_sink
+from dwcore.sinks.query_client import run_query
+from dwcore.sinks.store import Store
 
 T0 = 1700000000000
 TOPICS = Topics.with_prefix("unit.")

@@ -6,9 +6,9 @@ import socket
 import pytest
 
 from dataward.config import Config, QueryConfig, StoreConfig
-from sinks.query_client import run_query
-from sinks.query_server import QueryServer
-from sinks.store import Store, StoreError
+from dwcore.sinks.query_client import run_query
+from dwcore.sinks.query_server import QueryServer
+from dwcore.sinks.store import Store, StoreError
 
 
 def config_for(data_dir, url: str = "") -> Config:

@@ -8,9 +8,9 @@ from urllib.parse import urlencode
 import clickhouse_connect
 import pytest
 
-from schemas.event import Activity, make_event
-from sinks.query_server import QueryServer
-from sinks.store import Store
+from dwcore.schemas.event import Activity, make_event
+from dwcore.sinks.query_server import QueryServer
+from dwcore.sinks.store import Store
 
 T0 = 1700000000123
 

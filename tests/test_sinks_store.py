@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.alert import Alert, Severity
-from schemas.deadletter import DeadLetter
-from schemas.event import Activity, make_event
-from sinks.chbackend import redact_dsn, unescape_param
-from sinks.store import Store, StoreError, StoreUnavailable
+from dwcore.schemas.alert import Alert, Severity
+from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.event import Activity, make_event
+from dwcore.sinks.chbackend import redact_dsn, unescape_param
+from dwcore.sinks.store import Store, StoreError, StoreUnavailable
 
 T0 = 1700000000123  # 2023-11-14; retention must cover it or the TTL drops the part at once
 RETENTION = 3650

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import threading
 
-from detectors.policy import load_policy
-from schemas import Activity, encode
-from schemas.event import make_event
-from stream.bus import BatchBus
-from stream.processing import RawMessage, decode_batch, detect
+from dwcore.detectors.policy import load_policy
+from dwcore.schemas import Activity, encode
+from dwcore.schemas.event import make_event
+from dwcore.stream.bus import BatchBus
+from dwcore.stream.processing import RawMessage, decode_batch, detect
 
 
 def _renames(user: str, n: int, t0: int = 1_700_000_000_000):
