@@ -53,3 +53,9 @@ class Alert(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     tags: list[str] = []  # ATT&CK, e.g. "attack.t1486"
     description: str = ""
     class_uid: int = OCSF_DETECTION_FINDING
+    # An incident is one alert uid with versions: each growth (more files, another device, rule or
+    # severity) or the closing update is a new version, so receivers dedupe on (uid, version).
+    version: int = 1
+    last_seen: int = 0  # time of the newest event in the evidence (0: same as detected_at)
+    status: str = "open"  # open | closed (went quiet) | resolved (a person closed it)
+    drill: bool = False  # raised by a self-test: stored and shown, never paged

@@ -11,7 +11,8 @@ EVENTS_TABLE = "events"
 ALERTS_TABLE = "alerts"
 DEADLETTER_TABLE = "deadletter"
 
-# Column order is the insert order used by sinks; keep in step with schemas.event.AccessEvent.
+# Column order is the insert order used by sinks; keep in step with dwcore.schemas.event.AccessEvent
+# (the same names in the same order, so a row is astuple(event)).
 EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("uid", "String"),
     ("time", "DateTime64(3, 'UTC')"),
@@ -32,6 +33,27 @@ EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("alarm", "LowCardinality(Nullable(String))"),
     ("message", "Nullable(String)"),
     ("class_uid", "UInt16"),
+    ("names_escaped", "Bool"),
+    ("auid", "String"),
+    ("auid_name", "LowCardinality(String)"),
+    ("process_pid", "Nullable(UInt32)"),
+    ("process_exe", "LowCardinality(Nullable(String))"),
+    ("client_ip", "Nullable(String)"),
+    ("printable_ratio", "Nullable(Float32)"),
+    ("magic_type", "LowCardinality(Nullable(String))"),
+    ("ext_mismatch", "Nullable(Bool)"),
+    ("prev_entropy", "Nullable(Float32)"),
+    ("prev_magic_type", "LowCardinality(Nullable(String))"),
+    ("partial_encryption", "LowCardinality(Nullable(String))"),
+    ("sample_skipped", "LowCardinality(Nullable(String))"),
+    ("canary", "Bool"),
+    ("reconciled", "Bool"),
+    ("s3_operation", "LowCardinality(Nullable(String))"),
+    ("s3_version_id", "Nullable(String)"),
+    ("sse", "LowCardinality(Nullable(String))"),
+    ("kms_key_account", "Nullable(String)"),
+    ("bytes_read", "Nullable(UInt64)"),
+    ("config_change", "Nullable(String)"),
 )
 
 ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -55,6 +77,10 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tags", "Array(String)"),
     ("description", "String"),
     ("class_uid", "UInt16"),
+    ("version", "UInt32"),
+    ("last_seen", "DateTime64(3, 'UTC')"),
+    ("status", "LowCardinality(String)"),
+    ("drill", "Bool"),
 )
 
 DEADLETTER_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -91,7 +117,7 @@ TTL toDateTime(time) + INTERVAL {ttl_days} DAY DELETE
 {_SETTINGS}, ttl_only_drop_parts = 1""",
         f"""CREATE TABLE IF NOT EXISTS `{database}`.`{ALERTS_TABLE}` (
     {_columns(ALERT_COLUMNS)}
-) ENGINE = ReplacingMergeTree(severity_id)
+) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(detected_at)
 ORDER BY (user, uid)
 {_SETTINGS}""",

@@ -62,6 +62,7 @@ class Source(enum.StrEnum):
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 EpochMs = Annotated[int, msgspec.Meta(ge=0, le=253402300799999)]  # up to 9999-12-31
 Entropy = Annotated[float, msgspec.Meta(ge=0.0, le=8.0)]  # bits per byte
+Ratio = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
 class AccessEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -69,6 +70,26 @@ class AccessEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     ``alarm`` is set on events the agent raises about itself (e.g. ``queue_overflow``: the kernel
     dropped events, so the record of this share has a gap); such events use activity OTHER.
+
+    File names are bytes on Linux. A name that is valid UTF-8 is carried as is; one that is not is
+    carried in the escaped text form of ``schemas.paths`` (``\\xNN`` per invalid byte, ``\\\\`` for a
+    backslash) with ``names_escaped`` set, so it round-trips to the exact bytes.
+
+    Field groups (the contract between agents and detectors):
+    - who: ``user_name``/``user_uid`` (the acting user; for S3 the principal), ``attribution`` (how
+      it was determined; ``owner`` is a guess), ``auid``/``auid_name`` (the login user auditd
+      reports), ``process_pid``/``process_exe``, ``client_ip`` (SMB client, S3 requester);
+    - what was written (creates and overwrites; None when not sampled): ``entropy`` (bits/byte of
+      the sample), ``printable_ratio``, ``magic_type`` (type from magic bytes: "pdf", "zip", "png",
+      "text", ... or "unknown"), ``ext_mismatch`` (the type disagrees with the extension), and against
+      the previous sample of the same path ``prev_entropy``/``prev_magic_type``; ``partial_encryption``
+      is "header" (the head turned random, the rest unchanged) or "intermittent" (small random blocks
+      among unchanged data); ``sample_skipped`` says why a write was not sampled (e.g. "budget");
+    - marks: ``canary`` (a decoy file was touched), ``reconciled`` (found by a rescan, not seen live);
+    - S3: ``share`` is the bucket and ``file_path`` the key; ``s3_operation`` the API or log
+      operation, ``s3_version_id``, ``sse`` ("SSE-C", "aws:kms", "AES256"), ``kms_key_account`` (the
+      account that owns the KMS key, when another), ``bytes_read`` (GetObject bytes sent),
+      ``config_change`` (for bucket-configuration calls, e.g. "versioning:Suspended").
     """
 
     uid: NonEmpty
@@ -90,6 +111,27 @@ class AccessEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     alarm: str | None = None
     message: str | None = None
     class_uid: int = OCSF_FILE_ACTIVITY
+    names_escaped: bool = False
+    auid: str = ""
+    auid_name: str = ""
+    process_pid: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    process_exe: str | None = None
+    client_ip: str | None = None
+    printable_ratio: Ratio | None = None
+    magic_type: str | None = None
+    ext_mismatch: bool | None = None
+    prev_entropy: Entropy | None = None
+    prev_magic_type: str | None = None
+    partial_encryption: str | None = None
+    sample_skipped: str | None = None
+    canary: bool = False
+    reconciled: bool = False
+    s3_operation: str | None = None
+    s3_version_id: str | None = None
+    sse: str | None = None
+    kms_key_account: str | None = None
+    bytes_read: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    config_change: str | None = None
 
     def __post_init__(self) -> None:
         # The pair must agree, or a SOC query on activity_name would miss rows.

@@ -74,6 +74,70 @@ def kafka_topics(kafka_bootstrap: str, topic_prefix: str):
     return topics
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 API: moto's server on 127.0.0.1 (a fresh process per test session). Dummy
+    credentials are put in the environment so boto3 (and subprocesses) sign requests without AWS."""
+    import sys
+    import time
+    import urllib.request
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ.setdefault(key, value)
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto server did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint: str):
+    """Factory: a fresh bucket on the moto server, versioned (and with object lock when asked)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+    def make(object_lock: bool = False, versioning: bool = True) -> str:
+        name = f"t{uuid.uuid4().hex[:12]}"
+        if object_lock:
+            client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+        else:
+            client.create_bucket(Bucket=name)
+        if versioning and not object_lock:
+            client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        return name
+
+    return make
+
+
 @pytest.fixture
 def dataward_proc(tmp_path: Path):
     """Factory: start `dataward ARGS...` as a process; all are stopped (SIGINT) at teardown."""
