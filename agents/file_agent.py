@@ -8,9 +8,11 @@ from pathlib import Path
 
 from confluent_kafka import KafkaException
 
+from dataward.agent_pipeline import build_stages
 from dataward.config import Config
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.kafka_admin import ensure_topics
+from dwcore.agents.pipeline import chain
 from dwcore.agents.publisher import KafkaPublisher
 from dwcore.agents.watcher import FileWatcher
 from dwcore.schemas.topics import Topics
@@ -43,7 +45,7 @@ def run_file_agent(
             log.warning("topic_check_failed topic=%s error=%s action=continue_with_spool", topic, exc)
     spool_dir = config.spool_dir
     publisher = KafkaPublisher(config.kafka, topic, spool_dir, config.device)
-    watcher = FileWatcher(roots, config.device, publisher.publish,
+    watcher = FileWatcher(roots, config.device, chain(build_stages(config), publisher.publish),
                           exclude=[str(spool_dir), str(Path(config.data_dir))])
     try:
         watcher.start()

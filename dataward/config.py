@@ -62,6 +62,17 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tune_inotify: bool = True  # raise fs.inotify.max_queued_events at start when allowed (root)
 
 
+class ContentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What was written: bounded samples of created and modified files (see docs/agents.md)."""
+
+    enabled: bool = True
+    bytes_per_s: int = 32 * 1024 * 1024  # read budget; writes beyond it get sample_skipped=budget (0 = no cap)
+    head_bytes: int = 4096
+    middle_bytes: int = 4096
+    tail_bytes: int = 4096
+    cache_bytes: int = 16 * 1024 * 1024  # previous samples kept to spot partial encryption
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".dataward"
     policy_file: str = ""  # empty: the built-in default policy
@@ -70,6 +81,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: StoreConfig = StoreConfig()
     query: QueryConfig = QueryConfig()
     agent: AgentConfig = AgentConfig()
+    content: ContentConfig = ContentConfig()
 
     @property
     def device(self) -> str:
@@ -99,7 +111,8 @@ def read_secret(env_var: str, file_path: str = "") -> str:
     return ""
 
 
-_SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig}
+_SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig,
+             "content": ContentConfig}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

@@ -12,8 +12,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from dataward.agent_pipeline import build_stages
 from dataward.config import Config
 from dwcore.agents.inotify_limits import ensure_queue_size
+from dwcore.agents.pipeline import chain
 from dwcore.agents.watcher import FileWatcher
 from dwcore.detectors.policy import Policy
 from dwcore.schemas.alert import Alert
@@ -82,7 +84,7 @@ class EmbeddedPipeline:
         self._thread.start()
         if self.config.agent.tune_inotify:
             ensure_queue_size()  # a fast writer must not overflow the kernel queue unnoticed
-        self._watcher = FileWatcher(self.watch, self.config.device, self.bus.publish)
+        self._watcher = FileWatcher(self.watch, self.config.device, chain(build_stages(self.config), self.bus.publish))
         self._watcher.start()
         log.info("embedded_started watch=%s data_dir=%s query=%s", ",".join(self.watch),
                  self.config.data_dir, self.query_url)
