@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dataward.cli_s3 import s3_app
 from dataward.config import Config, ConfigError, load_config
 from dataward.logs import setup_logging
 
@@ -26,6 +27,7 @@ app.add_typer(sink_app, name="sink")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(topics_app, name="topics")
 app.add_typer(policy_app, name="policy")
+agent_app.add_typer(s3_app, name="s3")
 
 out = Console()
 err = Console(stderr=True)
