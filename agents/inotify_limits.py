@@ -13,7 +13,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 QUEUE_SYSCTL = Path("/proc/sys/fs/inotify/max_queued_events")
-WATCHES_SYSCTL = Path("/proc/sys/fs/inotify/max_user_watches")
 RECOMMENDED_QUEUE = 1_048_576
 
 

@@ -2,25 +2,25 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from dataward.config import KafkaConfig
-
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(kafka: KafkaConfig, names: list[str], partitions: int, *,
+def ensure_topics(client_config: Mapping[str, str], names: list[str], partitions: int, *,
                   replication_factor: int = -1, timeout: float = 30.0) -> list[str]:
     """Creates the topics that do not exist yet; returns the names it created.
 
+    ``client_config`` is the librdkafka client settings (bootstrap, security).
     ``replication_factor=-1`` takes the broker's default. Raises KafkaException when the broker
     cannot be reached or refuses for another reason than "already exists".
     """
     if not names:
         return []
-    conf = kafka.client_config()
+    conf = dict(client_config)
     conf["socket.timeout.ms"] = str(int(timeout * 1000))
     admin = AdminClient(conf)
     wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor) for n in names]

@@ -17,12 +17,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from dataward.config import KafkaConfig
 from dwcore.agents.spool import RecordId, Spool, SpoolFullError
 from dwcore.schemas.codec import encode
 from dwcore.schemas.deadletter import DeadLetter
@@ -53,7 +52,7 @@ class KafkaPublisher:
 
     def __init__(
         self,
-        kafka: KafkaConfig,
+        client_config: Mapping[str, str],
         topic: str,
         spool_dir: Path,
         device: str,
@@ -67,7 +66,7 @@ class KafkaPublisher:
         self.device = device
         self._spool = Spool(spool_dir)
         self._rejected_path = Path(spool_dir) / REJECTED_FILE
-        conf: dict[str, str | int | bool] = {**kafka.client_config(), **PRODUCER_DEFAULTS,
+        conf: dict[str, str | int | bool] = {**client_config, **PRODUCER_DEFAULTS,
                                               "client.id": f"dataward-agent-{device}"}
         conf.update(producer_overrides or {})
         # librdkafka's own log lines go through logging, not straight to stderr.

@@ -91,13 +91,14 @@ FROM numbers({{n:UInt64}})"""
 
 
 def count(store: Store, table: str) -> int:
-    return int(store.query(f"SELECT count() FROM {DB}.{table}").rows[0][0])
+    return int(store.reader.query(f"SELECT count() FROM {DB}.{table}").rows[0][0])
 
 
 def fingerprint(store: Store, table: str) -> int:
     """Order-independent hash of every row: equal for two tables holding the same rows."""
     cols = ", ".join(f"`{n}`" for n, _ in EVENT_COLUMNS)
-    return int(store.query(f"SELECT groupBitXor(cityHash64(toString(tuple({cols})))) FROM {DB}.{table}").rows[0][0])
+    sql = f"SELECT groupBitXor(cityHash64(toString(tuple({cols})))) FROM {DB}.{table}"
+    return int(store.reader.query(sql).rows[0][0])
 
 
 def run(events: int, console: Console) -> list[Result]:
@@ -108,23 +109,23 @@ def run(events: int, console: Console) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="dw-bench-chdb-") as tmp:
         store = Store.open(f"chdb://{Path(tmp) / 'chdb'}", DB)
         try:
-            store.ensure_schema()
+            store.writer.ensure_schema()
             client = store._backend._client  # noqa: SLF001 - the baseline needs the raw driver
             for stmt in landing_ddl():
                 client.command(stmt)
             # Warm both paths (driver types, engine caches) on a scratch database, outside the timing.
             warm = Store(store._backend, WARM_DB, store.retention_days, store.label)  # noqa: SLF001
-            warm.ensure_schema()
+            warm.writer.ensure_schema()
             for stmt in landing_ddl(WARM_DB):
                 client.command(stmt)
-            warm.insert_events(workload[:BATCH])
+            warm.writer.insert_events(workload[:BATCH])
             client.raw_insert(f"{WARM_DB}.{LANDING}", insert_block=json_batches[0], fmt="JSONEachRow")
             gc.collect()
             with progress(console) as prog:
                 task = prog.add_task("Store.insert_events", total=n)
                 t0 = time.perf_counter()
                 for batch in chunks(workload, BATCH):
-                    store.insert_events(batch)
+                    store.writer.insert_events(batch)
                     prog.advance(task, len(batch))
                 store_s = time.perf_counter() - t0
                 gc.collect()

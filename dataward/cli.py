@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dataward.cli_s3 import s3_app
@@ -131,7 +132,7 @@ def agent_file(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   agent__device=device)
-    from dwcore.agents.file_agent import run_file_agent
+    from dataward.distributed import run_file_agent
 
     stop = _stop_on_signals()
     run_file_agent(cfg, [str(w) for w in watch], stop, ready=lambda: _ready(f"agent watching {len(watch)} dirs"))
@@ -141,17 +142,19 @@ def agent_file(
 def worker(
     bootstrap: BootstrapOpt = None,
     topic_prefix: PrefixOpt = None,
+    data_dir: DataDirOpt = None,
     policy: PolicyOpt = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Distributed mode: a faust worker that runs the detectors per user (scale out by partitions)."""
     setup_logging(log_level)
-    cfg = _config(config, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix, policy_file=policy)
-    from dwcore.stream.faust_app import run_worker
+    cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
+                  policy_file=policy)
+    from dataward.distributed import ensure_all_topics, run_worker
 
     pol = _policy(cfg)
-    _ensure_topics(cfg)
+    ensure_all_topics(cfg)
     level = {"warning": "warn", "critical": "crit"}.get(log_level, log_level)
     run_worker(cfg, pol, loglevel=level, ready=lambda: _ready("worker assigned"))
 
@@ -171,20 +174,11 @@ def sink_clickhouse(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   store__url=clickhouse_url, alerts_jsonl=alerts_jsonl)
-    from dwcore.sinks.kafka_sink import run_clickhouse_sink
+    from dataward.distributed import ensure_all_topics, run_clickhouse_sink
 
-    _ensure_topics(cfg)
+    ensure_all_topics(cfg)
     stop = _stop_on_signals()
     run_clickhouse_sink(cfg, stop, ready=lambda: _ready("clickhouse sink consuming"))
-
-
-def _ensure_topics(cfg: Config) -> None:
-    from dwcore.agents.kafka_admin import ensure_topics
-    from dwcore.schemas.topics import Topics
-
-    topics = Topics.with_prefix(cfg.kafka.topic_prefix)
-    ensure_topics(cfg.kafka, [topics.events], cfg.kafka.partitions)
-    ensure_topics(cfg.kafka, [topics.alerts, topics.deadletter, topics.features], 1)
 
 
 @topics_app.command("create")
@@ -192,7 +186,9 @@ def topics_create(bootstrap: BootstrapOpt = None, topic_prefix: PrefixOpt = None
     """Create the dw.* topics (idempotent)."""
     setup_logging("warning")
     cfg = _config(config, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix)
-    _ensure_topics(cfg)
+    from dataward.distributed import ensure_all_topics
+
+    ensure_all_topics(cfg)
     out.print("topics ready")
 
 
@@ -209,9 +205,15 @@ def query(
     cfg = _config(config, data_dir=data_dir)
     from dwcore.sinks.query_client import run_query
 
+    bad = [p for p in (param or []) if "=" not in p]
+    if bad:
+        err.print(f"[red]--param needs name=value:[/red] {escape(', '.join(bad))} "
+                  "(e.g. -p user=alice for {user:String})")
+        raise typer.Exit(2)
     params = dict(p.split("=", 1) for p in (param or []))
     try:
-        result = run_query(cfg, sql, params or None)
+        result = run_query(sql, params or None, dsn=cfg.store_dsn, database=cfg.store.database,
+                           addr_file=cfg.query_addr_file)
     except Exception as exc:  # the store's own message is the useful part for an analyst
         err.print(f"[red]query failed:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ class ConfigError(ValueError):
     pass
 
 
-class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=True):
     bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = ""  # tests use a fresh prefix per test; production leaves it empty
     partitions: int = 6  # for topics dataward creates; scale-out is by partitions
@@ -31,7 +32,12 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sasl_password_file: str = ""  # the password itself only via DATAWARD_KAFKA_SASL_PASSWORD
 
     def client_config(self) -> dict[str, str]:
-        """librdkafka settings shared by producers, consumers and admin clients."""
+        """librdkafka settings shared by producers, consumers and admin clients (a fresh copy; the
+        secret file is read once per configuration)."""
+        return dict(self._client_config)
+
+    @cached_property
+    def _client_config(self) -> dict[str, str]:
         conf = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol}
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
@@ -98,6 +104,16 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def query_addr_file(self) -> Path:
         return Path(self.data_dir) / "query.addr"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the process that owns the data dir (embedded mode, chDB sink)."""
+        return Path(self.data_dir) / "dataward.lock"
+
+    @property
+    def faust_dir(self) -> Path:
+        """faust's local files (it would otherwise write ``<app-id>-data/`` into the working dir)."""
+        return Path(self.data_dir) / "faust"
 
 
 def read_secret(env_var: str, file_path: str = "") -> str:

@@ -65,10 +65,10 @@ class EmbeddedPipeline:
     def start(self) -> None:
         Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
         store = Store.open(self.config.store_dsn, self.config.store.database, self.config.store.retention_days)
-        store.ensure_schema()
+        store.writer.ensure_schema()
         self._store = store
         self._batcher = Batcher(
-            store.insert_events,
+            store.writer.insert_events,
             batch_rows=self.config.store.batch_rows,
             flush_interval_s=self.config.store.flush_interval_s,
             on_permanent=self._park_rejected,
@@ -77,7 +77,7 @@ class EmbeddedPipeline:
         self._batcher.start()
         if self.config.alerts_jsonl:
             self._jsonl = AlertJsonlWriter(self.config.alerts_jsonl)
-        self._server = QueryServer(store, self.config.query.host, self.config.query.port)
+        self._server = QueryServer(store.reader, self.config.query.host, self.config.query.port)
         self._server.start()
         self._server.write_addr_file(self.config.query_addr_file)
         self._thread = threading.Thread(target=self._process_loop, name="dataward-process", daemon=True)
@@ -143,20 +143,11 @@ class EmbeddedPipeline:
         if self._jsonl:
             self._jsonl.write(alert)
         try:
-            self._store.insert_alerts([alert])
+            self._store.writer.insert_alerts([alert])
         except StoreFailure as exc:
             # The alert already reached the console and JSONL; keep it for the store too.
             self._park("alerts.jsonl", [encode(alert)])
             log.error("store_alert_failed uid=%s reason=%r", alert.uid, str(exc)[:300])
-
-    def wait_idle(self, timeout_s: float = 10.0) -> bool:
-        """True once the bus is drained and the event history flushed (for tests and shutdown)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.bus.drained() and self._batcher is not None and self._batcher.pending == 0:
-                return True
-            time.sleep(0.02)
-        return False
 
     def stop(self) -> None:
         if self._stopped:

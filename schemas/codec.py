@@ -47,4 +47,7 @@ def decode_alert(raw: bytes) -> Alert:
 
 
 def decode_deadletter(raw: bytes) -> DeadLetter:
-    return _deadletter_decoder.decode(raw)
+    try:
+        return _deadletter_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise DecodeError(f"invalid dead letter: {exc}") from None

@@ -8,7 +8,6 @@ class Topics(msgspec.Struct, frozen=True):
     events: str = "dw.events"
     alerts: str = "dw.alerts"
     deadletter: str = "dw.deadletter"
-    features: str = "dw.features"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -18,5 +17,4 @@ class Topics(msgspec.Struct, frozen=True):
             events=f"{prefix}dw.events",
             alerts=f"{prefix}dw.alerts",
             deadletter=f"{prefix}dw.deadletter",
-            features=f"{prefix}dw.features",
         )

@@ -50,9 +50,6 @@ class AlertJsonlWriter:
                 os.fsync(self._file.fileno())
             self.written += lines.count(b"\n")
 
-    def __call__(self, alert: Alert) -> None:
-        self.write(alert)
-
     def close(self) -> None:
         with self._lock:
             if not self._stdout and not self._file.closed:

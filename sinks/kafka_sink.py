@@ -3,51 +3,64 @@
 Per (topic, partition) of each consumed batch: decode, insert with the dedup token
 ``topic:partition:first-last``, and only then commit the offsets synchronously. A crash between
 insert and commit replays the batch; when the replay has the same boundaries the engine drops it
-by its token. A message that cannot be decoded goes to the dead-letter table with the reason,
-never nowhere. A retriable store failure retries the same batch with backoff and commits nothing.
-When the store is embedded chDB this process owns the directory, so it also serves the read-only
-query endpoint and writes its address for ``dataward query``.
+by its token. A message that cannot be decoded, and a batch the store refuses for good, go to the
+dead-letter table with the reason, never nowhere. A retriable store failure retries the same batch
+with backoff and commits nothing. The process wiring (consumer loop, query endpoint) is in
+``dataward.distributed``.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from dataward.config import Config
+from dwcore.backoff import Backoff
+from dwcore.logfmt import kv
 from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event
+from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, EVENTS_TABLE
 from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.topics import Topics
+from dwcore.sinks.errors import StoreFailure, StoreUnavailable
 from dwcore.sinks.jsonl import AlertJsonlWriter
-from dwcore.sinks.query_server import QueryServer
-from dwcore.sinks.store import Store, StoreFailure, StoreUnavailable
+from dwcore.sinks.store_writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
 CONSUME_BATCH = 10_000
 CONSUME_TIMEOUT_S = 0.5
 STATS_INTERVAL_S = 10.0
-RETRY_INITIAL_S = 0.2
-RETRY_MAX_S = 30.0
 
 
 class SinkCounters(msgspec.Struct):
     received: int = 0
-    inserted_events: int = 0
-    inserted_alerts: int = 0
-    inserted_deadletters: int = 0
+    inserted: dict[str, int] = msgspec.field(default_factory=dict)  # rows per table
     deadlettered: int = 0  # of which: failed to decode here, or refused by the store
     commits: int = 0
     retries: int = 0
     errors: int = 0
 
+    def inserted_into(self, table: str) -> int:
+        return self.inserted.get(table, 0)
+
     def line(self) -> str:
-        return " ".join(f"{k}={getattr(self, k)}" for k in self.__struct_fields__)
+        fields: dict[str, int] = {"received": self.received}
+        fields.update({f"inserted_{table}": n for table, n in sorted(self.inserted.items())})
+        fields.update(deadlettered=self.deadlettered, commits=self.commits, retries=self.retries, errors=self.errors)
+        return kv(**fields)
+
+
+class Route(NamedTuple):
+    """What the sink does with one topic: how to decode a message, which table takes it."""
+
+    table: str
+    decode: Callable[[bytes], Any]
+    insert: Callable[..., int]  # (records, dedup_token=...) -> rows inserted
+    on_stored: Callable[[list[Any]], None] | None = None  # after the insert, before the commit
 
 
 def _now_ms() -> int:
@@ -64,19 +77,8 @@ def _deadletter(msg: Message, reason: str, now_ms: int) -> DeadLetter:
     )
 
 
-def _decoder(topics: Topics, topic: str) -> tuple[str, Callable[[bytes], Any]]:
-    if topic == topics.events:
-        return "events", decode_event
-    if topic == topics.alerts:
-        return "alerts", decode_alert
-    return "deadletters", decode_deadletter
-
-
-def decode_group(
-    topics: Topics, msgs: Sequence[Message], now_ms: int
-) -> tuple[str, list[Any], list[DeadLetter]]:
-    """Decode one partition's messages: (kind, good records, dead letters for the bad ones)."""
-    kind, decode = _decoder(topics, msgs[0].topic())
+def decode_group(route: Route, msgs: Sequence[Message], now_ms: int) -> tuple[list[Any], list[DeadLetter]]:
+    """Decode one partition's messages: (good records, dead letters for the bad ones)."""
     good: list[Any] = []
     bad: list[DeadLetter] = []
     for msg in msgs:
@@ -85,59 +87,61 @@ def decode_group(
             bad.append(_deadletter(msg, "empty message (tombstone)", now_ms))
             continue
         try:
-            good.append(decode(raw))
-        except (DecodeError, msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            good.append(route.decode(raw))
+        except DecodeError as exc:
             bad.append(_deadletter(msg, f"sink decode: {exc}", now_ms))
-    return kind, good, bad
+    return good, bad
 
 
 class ClickHouseSink:
-    """The loop body, separate from run_clickhouse_sink so tests can drive one batch at a time."""
+    """The loop body, apart from the process wiring so tests can drive one batch at a time."""
 
     def __init__(
         self,
-        store: Store,
+        writer: StoreWriter,
         topics: Topics,
         consumer: Consumer,
         stop: threading.Event,
         alert_writer: AlertJsonlWriter | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
-        self.store = store
-        self.alert_writer = alert_writer
-        self.topics = topics
+        self.writer = writer
         self.consumer = consumer
         self.stop = stop
         self.counters = SinkCounters()
-
-    def _insert(self, kind: str, records: list[Any], token: str) -> int:
-        if kind == "events":
-            return self.store.insert_events(records, dedup_token=token)
-        if kind == "alerts":
-            return self.store.insert_alerts(records, dedup_token=token)
-        return self.store.insert_deadletters(records, dedup_token=token)
+        self.backoff = backoff or Backoff(0.2, 30.0)
+        self.routes: dict[str, Route] = {
+            topics.events: Route(EVENTS_TABLE, decode_event, writer.insert_events),
+            topics.alerts: Route(ALERTS_TABLE, decode_alert, writer.insert_alerts,
+                                 alert_writer.write_many if alert_writer is not None else None),
+            topics.deadletter: Route(DEADLETTER_TABLE, decode_deadletter, writer.insert_deadletters),
+        }
 
     def _with_retry(self, what: str, fn: Callable[[], int]) -> int | None:
         """Run fn until it succeeds; None if stopped while the store stays unavailable."""
-        backoff = 0.0
         while True:
             try:
-                return fn()
+                done = fn()
             except StoreUnavailable as exc:
                 self.counters.retries += 1
-                backoff = min(RETRY_MAX_S, max(RETRY_INITIAL_S, backoff * 2))
-                log.warning("insert_retry what=%s backoff_s=%.1f error=%s", what, backoff, exc)
-                if self.stop.wait(backoff):
+                delay = self.backoff.next()
+                log.warning("insert_retry what=%s backoff_s=%.2f error=%s", what, delay, exc)
+                if self.stop.wait(delay):
                     return None
+                continue
+            self.backoff.reset()
+            return done
 
     def handle_group(self, msgs: Sequence[Message]) -> bool:
         """Insert one partition's slice then commit it. False if stopped before it was stored."""
         topic, partition = msgs[0].topic(), msgs[0].partition()
         first, last = msgs[0].offset(), msgs[-1].offset()
         token = f"{topic}:{partition}:{first}-{last}"
-        kind, good, bad = decode_group(self.topics, msgs, _now_ms())
+        route = self.routes[topic]
+        good, bad = decode_group(route, msgs, _now_ms())
         if good:
             try:
-                done = self._with_retry(token, lambda: self._insert(kind, good, token))
+                done = self._with_retry(token, lambda: route.insert(good, dedup_token=token))
             except StoreFailure as exc:
                 # Permanent: the store refuses these rows (e.g. a value out of a column's range).
                 # Keep them whole in the dead-letter table rather than block the partition.
@@ -148,18 +152,18 @@ class ClickHouseSink:
                 good, done = [], 0
             if done is None:
                 return False
-            setattr(self.counters, f"inserted_{kind}", getattr(self.counters, f"inserted_{kind}") + done)
-            if kind == "alerts" and self.alert_writer is not None:
+            self.counters.inserted[route.table] = self.counters.inserted_into(route.table) + done
+            if route.on_stored is not None and good:
                 # After the insert, before the commit: a replay may repeat a line (same uid), never skip one.
-                self.alert_writer.write_many(good)
+                route.on_stored(good)
         if bad:
             # Own token: for the dead-letter topic the good rows went to the same table above.
             bad_token = f"{token}:bad"
-            done = self._with_retry(bad_token, lambda: self.store.insert_deadletters(bad, dedup_token=bad_token))
+            done = self._with_retry(bad_token, lambda: self.writer.insert_deadletters(bad, dedup_token=bad_token))
             if done is None:
                 return False
             self.counters.deadlettered += len(bad)
-            self.counters.inserted_deadletters += len(bad)
+            self.counters.inserted[DEADLETTER_TABLE] = self.counters.inserted_into(DEADLETTER_TABLE) + len(bad)
         self.consumer.commit(offsets=[TopicPartition(topic, partition, last + 1)], asynchronous=False)
         self.counters.commits += 1
         return True
@@ -183,10 +187,11 @@ class ClickHouseSink:
                 return
 
 
-def consumer_config(config: Config) -> dict[str, Any]:
+def consumer_config(client_config: Mapping[str, str], group_id: str) -> dict[str, Any]:
+    """librdkafka consumer settings: manual, synchronous commits after the insert."""
     return {
-        **config.kafka.client_config(),
-        "group.id": f"{config.kafka.topic_prefix}dataward-sink",
+        **client_config,
+        "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
@@ -194,71 +199,18 @@ def consumer_config(config: Config) -> dict[str, Any]:
     }
 
 
-def run_clickhouse_sink(
-    config: Config, stop: threading.Event, ready: Callable[[], None] | None = None
+def run_sink_loop(
+    sink: ClickHouseSink, consumer: Consumer, stop: threading.Event, on_first_poll: Callable[[], None]
 ) -> SinkCounters:
-    """Run until ``stop`` is set. Returns the final counters."""
-    topics = Topics.with_prefix(config.kafka.topic_prefix)
-    store = _open_store(config, stop)
-    if store is None:
-        return SinkCounters()
-    server: QueryServer | None = None
-    consumer: Consumer | None = None
-    alert_writer = AlertJsonlWriter(config.alerts_jsonl) if config.alerts_jsonl else None
-    try:
-        if store.embedded:
-            server = QueryServer(store, config.query.host, config.query.port).start()
-            server.write_addr_file(config.query_addr_file)
-        consumer = Consumer(consumer_config(config))
-        signalled = threading.Event()
-
-        def signal_ready() -> None:
-            if not signalled.is_set():
-                signalled.set()
-                if ready is not None:
-                    ready()
-
-        def on_assign(cons: Consumer, parts: list[TopicPartition]) -> None:
-            log.info("partitions_assigned count=%d", len(parts))
-            signal_ready()
-
-        consumer.subscribe([topics.events, topics.alerts, topics.deadletter], on_assign=on_assign)
-        sink = ClickHouseSink(store, topics, consumer, stop, alert_writer)
-        log.info("sink_started store=%s group=%s", store.label, consumer_config(config)["group.id"])
-        next_stats = time.monotonic() + STATS_INTERVAL_S
-        while not stop.is_set():
-            msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=CONSUME_TIMEOUT_S)
-            signal_ready()  # after the first poll even if no assignment came (more sinks than partitions)
-            if msgs:
-                sink.handle_batch(msgs)
-            if time.monotonic() >= next_stats:
-                log.info("sink_stats %s", sink.counters.line())
-                next_stats = time.monotonic() + STATS_INTERVAL_S
-        log.info("sink_stopped %s", sink.counters.line())
-        return sink.counters
-    finally:
-        if consumer is not None:
-            consumer.close()
-        if alert_writer is not None:
-            alert_writer.close()
-        if server is not None:
-            server.stop()
-        store.close()
-
-
-def _open_store(config: Config, stop: threading.Event) -> Store | None:
-    backoff = 0.0
+    """Consume and store until ``stop`` is set; logs counters every STATS_INTERVAL_S."""
+    next_stats = time.monotonic() + STATS_INTERVAL_S
     while not stop.is_set():
-        try:
-            store = Store.open(config.store_dsn, config.store.database, config.store.retention_days)
-            try:
-                store.ensure_schema()
-            except BaseException:
-                store.close()
-                raise
-            return store
-        except StoreUnavailable as exc:
-            backoff = min(RETRY_MAX_S, max(RETRY_INITIAL_S, backoff * 2))
-            log.warning("store_unavailable backoff_s=%.1f error=%s", backoff, exc)
-            stop.wait(backoff)
-    return None
+        msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=CONSUME_TIMEOUT_S)
+        on_first_poll()  # after the first poll even if no assignment came (more sinks than partitions)
+        if msgs:
+            sink.handle_batch(msgs)
+        if time.monotonic() >= next_stats:
+            log.info("sink_stats %s", sink.counters.line())
+            next_stats = time.monotonic() + STATS_INTERVAL_S
+    log.info("sink_stopped %s", sink.counters.line())
+    return sink.counters

@@ -1,6 +1,6 @@
-"""``dataward query``: run read-only SQL against whichever store this configuration points at.
+"""``dataward query``: run read-only SQL against whichever store the wiring points at.
 
-Order: a ClickHouse server (``store.url``); else the query endpoint of the process that owns the
+Order: a ClickHouse server (an ``http(s)://`` DSN); else the query endpoint of the process that owns the
 embedded chDB directory (its address in ``query.addr``, used when it answers /ping); else open the
 chDB directory directly (nobody owns it), read, and close it again.
 """
@@ -16,8 +16,9 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from dataward.config import Config
-from dwcore.sinks.store import QueryResult, Store, StoreError, StoreUnavailable, param_text, parse_json_compact
+from dwcore.sinks.errors import StoreError, StoreUnavailable
+from dwcore.sinks.store import Store
+from dwcore.sinks.store_reader import QueryResult, param_text, parse_json_compact
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +69,34 @@ def _header_code(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def _chdb_dir(config: Config) -> Path:
-    return Path(config.store_dsn[len("chdb://") :])
-
-
-def run_query(config: Config, sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
-    if config.store.url:
-        with Store.open(config.store.url, config.store.database, config.store.retention_days) as store:
-            return store.query(sql, parameters)
-    url = endpoint_url(config.query_addr_file)
+def run_query(
+    sql: str,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    dsn: str,
+    database: str,
+    addr_file: Path,
+) -> QueryResult:
+    """``dsn`` is the store's (``chdb:///dir`` or ``http(s)://...``); ``addr_file`` is where the
+    process that owns a chDB directory writes its endpoint's address."""
+    if not dsn.startswith("chdb://"):
+        with Store.open(dsn, database) as store:
+            return store.reader.query(sql, parameters)
+    url = endpoint_url(addr_file)
     if url is not None:
         log.debug("query_via endpoint=%s", url)
-        return query_endpoint(url, sql, parameters, config.store.database)
-    path = _chdb_dir(config)
+        return query_endpoint(url, sql, parameters, database)
+    path = Path(dsn[len("chdb://") :])
     if not path.is_dir():
         raise StoreError(
-            f"no dataward store in {config.data_dir} yet (no {path}): start `dataward run` or the sink "
+            f"no dataward store in {path.parent} yet (no {path}): start `dataward run` or the sink "
             "first, or set store.url / CLICKHOUSE_URL"
         )
     try:
-        store = Store.open(config.store_dsn, config.store.database, config.store.retention_days)
+        store = Store.open(dsn, database)
     except StoreUnavailable as exc:
         raise StoreUnavailable(
-            f"{exc}; the owning process is not serving queries (no live {config.query_addr_file})"
+            f"{exc}; the owning process is not serving queries (no live {addr_file})"
         ) from None
     with store:
-        return store.query(sql, parameters)
+        return store.reader.query(sql, parameters)

@@ -18,7 +18,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from dwcore.sinks.chbackend import error_code
-from dwcore.sinks.store import READ_SETTINGS_ALLOWLIST, Store, StoreError, StoreUnavailable, trailing_format
+from dwcore.sinks.errors import StoreError, StoreUnavailable
+from dwcore.sinks.store_reader import READ_SETTINGS_ALLOWLIST, StoreReader, trailing_format
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +144,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], store: Store) -> None:
+    def __init__(self, addr: tuple[str, int], store: StoreReader) -> None:
         super().__init__(addr, _Handler)
         self.store = store
         self.counters = {"queries": 0, "errors": 0}
 
 
 class QueryServer:
-    def __init__(self, store: Store, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, store: StoreReader, host: str = "127.0.0.1", port: int = 0) -> None:
         self._store = store
         self._host = host
         self._port = port

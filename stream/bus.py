@@ -7,7 +7,6 @@ without limit; nothing is dropped.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Sequence
 from typing import Generic, TypeVar
@@ -15,19 +14,12 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class BusClosed(Exception):
-    pass
-
-
 class BatchBus(Generic[T]):
     def __init__(self, max_batches: int = 1_000) -> None:
         self._q: queue.Queue[Sequence[T]] = queue.Queue(maxsize=max_batches)
-        self._closed = threading.Event()
         self.published = 0
 
     def publish(self, items: Sequence[T]) -> None:
-        if self._closed.is_set():
-            raise BusClosed("bus is closed")
         if items:
             self._q.put(items)  # blocks when full: backpressure to the producer
             self.published += len(items)
@@ -43,13 +35,6 @@ class BatchBus(Generic[T]):
             except queue.Empty:
                 break
         return out
-
-    def close(self) -> None:
-        self._closed.set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
 
     def drained(self) -> bool:
         return self._q.empty()

@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
 
-from dataward.config import Config
 from dwcore.detectors.policy import Policy
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
@@ -66,19 +65,32 @@ class Counters:
             )
 
 
-def build_app(config: Config, policy: Policy, ready: Callable[[], None] | None = None) -> faust.App:
-    topics = Topics.with_prefix(config.kafka.topic_prefix)
+def build_app(
+    policy: Policy,
+    topics: Topics,
+    *,
+    bootstrap: str,
+    partitions: int,
+    app_id: str,
+    datadir: str,
+    ready: Callable[[], None] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> faust.App:
+    """The worker app. ``datadir`` is where faust keeps its local files (never the checkout);
+    ``settings`` are extra faust settings from the wiring (e.g. broker credentials)."""
     app = faust.App(
-        f"dataward-worker-{config.kafka.topic_prefix or 'main'}".rstrip("."),
-        broker=f"kafka://{config.kafka.bootstrap}",
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        datadir=datadir,
         store="memory://",  # the changelog topic is the durable copy; recovery replays it
-        topic_partitions=config.kafka.partitions,
+        topic_partitions=partitions,
         web_enabled=False,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
         table_cleanup_interval=30.0,
         broker_commit_every=BATCH_MAX,
         broker_commit_interval=1.0,
+        **dict(settings or {}),
     )
     events_topic = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
     alerts_topic = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
@@ -88,7 +100,7 @@ def build_app(config: Config, policy: Policy, ready: Callable[[], None] | None =
         name="user-state",
         default=None,
         key_type=str,
-        partitions=config.kafka.partitions,
+        partitions=partitions,
     )
     # Keys stay JSON (they come back as str on recovery); values are the detectors' own encoding.
     state.value_serializer = "raw"
@@ -135,12 +147,3 @@ def build_app(config: Config, policy: Policy, ready: Callable[[], None] | None =
             counters.maybe_log()
 
     return app
-
-
-def run_worker(
-    config: Config, policy: Policy, loglevel: str = "info", ready: Callable[[], None] | None = None
-) -> None:
-    """Run until SIGINT/SIGTERM (faust's Worker installs the handlers)."""
-    app = build_app(config, policy, ready)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()

@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from dataward.config import Config, KafkaConfig, load_config
-from dwcore.agents.file_agent import run_file_agent
+from dataward.config import Config, load_config
+from dataward.distributed import run_file_agent
 from dwcore.agents.kafka_admin import ensure_topics
 from dwcore.agents.publisher import KafkaPublisher
 from dwcore.schemas.codec import decode_event, encode
@@ -81,8 +81,8 @@ def consume(bootstrap: str, topic: str, expect: int, timeout: float = 30.0, sett
     return got
 
 
-def kcfg(bootstrap: str, prefix: str = "") -> KafkaConfig:
-    return KafkaConfig(bootstrap=bootstrap, topic_prefix=prefix)
+def kcfg(bootstrap: str) -> dict[str, str]:
+    return {"bootstrap.servers": bootstrap}
 
 
 def test_5000_events_arrive_complete_and_keyed_by_user(kafka_bootstrap, kafka_topics, tmp_path):

@@ -46,7 +46,7 @@ def test_distributed_attack_alert_in_clickhouse_and_no_event_missing(
     common = ["--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix]
     jsonl = tmp_path / "alerts.jsonl"
     sink = dataward_proc("sink", "clickhouse", *common, "--data-dir", str(sink_dir), "--alerts-jsonl", str(jsonl))
-    worker = dataward_proc("worker", *common)
+    worker = dataward_proc("worker", *common, "--data-dir", str(tmp_path / "worker"))
     agent = dataward_proc("agent", "file", "--watch", str(watched), *common, "--data-dir", str(agent_dir),
                           "--device", "fs-test-1")
     for proc in (sink, worker, agent):
@@ -113,7 +113,8 @@ def test_distributed_attack_alert_in_clickhouse_and_no_event_missing(
 def test_malformed_message_goes_to_deadletter_with_reason(
     tmp_path, kafka_bootstrap, kafka_topics, topic_prefix, dataward_proc
 ):
-    worker = dataward_proc("worker", "--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix)
+    worker = dataward_proc("worker", "--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix,
+                           "--data-dir", str(tmp_path / "worker"))
     worker.wait_ready(90)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     producer.produce(kafka_topics.events, key=b"mallory", value=b'{"uid": "x", "time": "yesterday"}')

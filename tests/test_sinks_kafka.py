@@ -9,13 +9,14 @@ import pytest
 from confluent_kafka import Producer
 
 from dataward.config import Config, KafkaConfig, StoreConfig
+from dataward.distributed import run_clickhouse_sink
 from dwcore.schemas.alert import Alert, Severity
 from dwcore.schemas.codec import encode
 from dwcore.schemas.event import Activity, make_event
 from dwcore.schemas.topics import Topics
+from dwcore.sinks import query_client
 from dwcore.sinks.errors import StoreUnavailable
-from dwcore.sinks.kafka_sink import ClickHouseSink, run_clickhouse_sink
-from dwcore.sinks.query_client import run_query
+from dwcore.sinks.kafka_sink import ClickHouseSink
 from dwcore.sinks.store import Store
 
 T0 = 1700000000000
@@ -68,25 +69,30 @@ def alert():
 @pytest.fixture
 def store(tmp_path):
     s = Store.open(f"chdb://{tmp_path / 'chdb'}", retention_days=3650)
-    s.ensure_schema()
+    s.writer.ensure_schema()
     yield s
     s.close()
 
 
+def run_query(config, sql):
+    return query_client.run_query(sql, dsn=config.store_dsn, database=config.store.database,
+                                  addr_file=config.query_addr_file)
+
+
 def count(store, table):
-    return store.query(f"SELECT count() FROM {table}").rows[0][0]
+    return store.reader.query(f"SELECT count() FROM {table}").rows[0][0]
 
 
 def test_batch_inserts_deadletters_bad_and_commits_after(store):
     consumer = FakeConsumer()
-    sink = ClickHouseSink(store, TOPICS, consumer, threading.Event())
+    sink = ClickHouseSink(store.writer, TOPICS, consumer, threading.Event())
     msgs = [FakeMsg(TOPICS.events, 2, 10 + i, encode(event(i)), key=b"u") for i in range(5)]
     msgs.insert(2, FakeMsg(TOPICS.events, 2, 99, b'{"uid": 7}'))
     msgs.append(FakeMsg(TOPICS.alerts, 0, 0, encode(alert())))
     sink.handle_batch(msgs)
     assert (count(store, "events"), count(store, "alerts"), count(store, "deadletter")) == (5, 1, 1)
     assert sorted(consumer.commits) == [(TOPICS.alerts, 0, 1), (TOPICS.events, 2, 15)]
-    r = store.query("SELECT source, reason, raw FROM deadletter")
+    r = store.reader.query("SELECT source, reason, raw FROM deadletter")
     source, reason, raw = r.rows[0]
     assert source == f"{TOPICS.events}:2:99" and "invalid event" in reason and raw == '{"uid": 7}'
     # Replay of the same slice (crash between insert and commit): dropped by the dedup token.
@@ -96,8 +102,7 @@ def test_batch_inserts_deadletters_bad_and_commits_after(store):
 
 def test_retriable_store_error_retries_without_committing_first(store):
     consumer = FakeConsumer()
-    sink = ClickHouseSink(store, TOPICS, consumer, threading.Event())
-    real = store.insert_events
+    real = store.writer.insert_events
     calls = []
 
     def flaky(events, dedup_token=None):
@@ -107,7 +112,8 @@ def test_retriable_store_error_retries_without_committing_first(store):
             raise StoreUnavailable("connection refused")
         return real(events, dedup_token=dedup_token)
 
-    store.insert_events = flaky
+    store.writer.insert_events = flaky
+    sink = ClickHouseSink(store.writer, TOPICS, consumer, threading.Event())
     sink.handle_batch([FakeMsg(TOPICS.events, 0, i, encode(event(i))) for i in range(3)])
     assert calls == [f"{TOPICS.events}:0:0-2"] * 3
     assert count(store, "events") == 3 and consumer.commits == [(TOPICS.events, 0, 3)]
@@ -116,13 +122,13 @@ def test_retriable_store_error_retries_without_committing_first(store):
 def test_stop_during_outage_commits_nothing(store):
     consumer = FakeConsumer()
     stop = threading.Event()
-    sink = ClickHouseSink(store, TOPICS, consumer, stop)
 
     def down(events, dedup_token=None):
         stop.set()
         raise StoreUnavailable("down")
 
-    store.insert_events = down
+    store.writer.insert_events = down
+    sink = ClickHouseSink(store.writer, TOPICS, consumer, stop)
     sink.handle_batch([FakeMsg(TOPICS.events, 0, 0, encode(event(0)))])
     assert consumer.commits == []
 
@@ -173,7 +179,7 @@ def test_sink_against_real_kafka_no_loss_no_duplicates(tmp_path, kafka_bootstrap
         return result["c"]
 
     first = run_once(1000)
-    assert (first.received, first.inserted_events, first.deadlettered) == (1002, 1000, 1)
+    assert (first.received, first.inserted_into("events"), first.deadlettered) == (1002, 1000, 1)
 
     def one_more():
         producer.produce(topics.events, key=b"late", value=encode(event(5000)))
@@ -182,7 +188,7 @@ def test_sink_against_real_kafka_no_loss_no_duplicates(tmp_path, kafka_bootstrap
     # Restart on the same directory and group: committed offsets hold, so the restarted sink
     # receives only the new event; nothing is inserted twice.
     second = run_once(1001, after_ready=one_more)
-    assert second.received == 1 and second.inserted_events == 1
+    assert second.received == 1 and second.inserted_into("events") == 1
     r = run_query(config, "SELECT count(), uniqExact(uid), min(toUnixTimestamp64Milli(time)) FROM events")
     assert r.rows == [[1001, 1001, T0]]
     dl = run_query(config, "SELECT reason, raw, source FROM deadletter").rows[0]

@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from dataward.config import Config, QueryConfig, StoreConfig
-from dwcore.sinks.query_client import run_query
+from dwcore.sinks import query_client
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import Store, StoreError
 
@@ -15,9 +15,14 @@ def config_for(data_dir, url: str = "") -> Config:
     return Config(data_dir=str(data_dir), store=StoreConfig(url=url), query=QueryConfig())
 
 
+def run_query(config: Config, sql: str, params=None):
+    return query_client.run_query(sql, params, dsn=config.store_dsn, database=config.store.database,
+                                  addr_file=config.query_addr_file)
+
+
 def seed(config: Config) -> Store:
     store = Store.open(config.store_dsn)
-    store.ensure_schema()
+    store.writer.ensure_schema()
     return store
 
 
@@ -35,7 +40,7 @@ def test_no_store_yet_is_a_clear_error(tmp_path):
 def test_live_endpoint_is_used(tmp_path):
     config = config_for(tmp_path)
     store = seed(config)
-    server = QueryServer(store).start()
+    server = QueryServer(store.reader).start()
     server.write_addr_file(config.query_addr_file)
     try:
         r = run_query(config, "SELECT {n:UInt8} + 1 AS n, currentDatabase() AS db", {"n": 41})
@@ -57,7 +62,7 @@ def test_stale_addr_file_falls_back_to_direct_chdb(tmp_path):
 def test_server_url_wins(tmp_path):
     owner_dir = tmp_path / "owner"
     store = seed(config_for(owner_dir))
-    server = QueryServer(store).start()
+    server = QueryServer(store.reader).start()
     try:
         # data_dir has nothing; only the URL can answer
         r = run_query(config_for(tmp_path / "empty", url=server.url), "SELECT count() FROM events")

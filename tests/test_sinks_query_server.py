@@ -18,13 +18,13 @@ T0 = 1700000000123
 @pytest.fixture
 def served(tmp_path):
     store = Store.open(f"chdb://{tmp_path / 'chdb'}", retention_days=3650)
-    store.ensure_schema()
-    store.insert_events([
+    store.writer.ensure_schema()
+    store.writer.insert_events([
         make_event(Activity.DELETE, uid=f"e{i}", time=T0 + i, user_name="bob" if i % 2 else "alice",
                    device="fs1", file_path=f"/p/{i}")
         for i in range(6)
     ])
-    server = QueryServer(store).start()
+    server = QueryServer(store.reader).start()
     yield server, store
     server.stop()
     store.close()
@@ -75,7 +75,7 @@ def test_writes_refused_with_500_and_clickhouse_text(served, sql):
     assert err.value.code == 500
     assert err.value.read().startswith(b"Code: 164. DB::Exception")
     assert err.value.headers["X-ClickHouse-Exception-Code"] == "164"
-    assert store.query("SELECT count() FROM events").rows == [[6]]
+    assert store.reader.query("SELECT count() FROM events").rows == [[6]]
 
 
 def test_unknown_settings_ignored_allowlisted_applied(served):
@@ -109,7 +109,7 @@ def test_store_over_http_reads_through_the_endpoint(served):
     server, _ = served
     remote = Store.open(server.url)
     try:
-        r = remote.query("SELECT {s:String} AS s, count() AS n FROM events WHERE user_name = {u:String}",
+        r = remote.reader.query("SELECT {s:String} AS s, count() AS n FROM events WHERE user_name = {u:String}",
                          {"s": "tab\there", "u": "bob"})
         assert r.rows == [["tab\there", 3]]
     finally:
@@ -119,7 +119,7 @@ def test_store_over_http_reads_through_the_endpoint(served):
 def test_addr_file_written_and_removed(tmp_path):
     store = Store.open(f"chdb://{tmp_path / 'chdb'}")
     try:
-        server = QueryServer(store).start()
+        server = QueryServer(store.reader).start()
         addr = server.write_addr_file(tmp_path / "query.addr")
         assert addr.read_text().strip() == server.url
         assert urllib.request.urlopen(addr.read_text().strip() + "/ping").read() == b"Ok.\n"

@@ -16,7 +16,7 @@ RETENTION = 3650
 @pytest.fixture
 def store(tmp_path):
     s = Store.open(f"chdb://{tmp_path / 'chdb'}", retention_days=RETENTION)
-    s.ensure_schema()
+    s.writer.ensure_schema()
     yield s
     s.close()
 
@@ -45,8 +45,8 @@ def alert(uid="a1", severity=Severity.HIGH):
 
 
 def test_event_roundtrip_optional_fields_none_and_set(store):
-    assert store.insert_events([minimal_event(), full_event()]) == 2
-    r = store.query("SELECT * EXCEPT time FROM events ORDER BY uid")
+    assert store.writer.insert_events([minimal_event(), full_event()]) == 2
+    r = store.reader.query("SELECT * EXCEPT time FROM events ORDER BY uid")
     rows = [dict(zip(r.columns, row, strict=True)) for row in r.rows]
     assert [row["uid"] for row in rows] == ["full0", "min0"]
     full, minimal = rows
@@ -62,43 +62,43 @@ def test_event_roundtrip_optional_fields_none_and_set(store):
 
 
 def test_time_is_the_exact_instant(store):
-    store.insert_events([minimal_event()])
-    r = store.query("SELECT toUnixTimestamp64Milli(time), toString(time), timezone() FROM events")
+    store.writer.insert_events([minimal_event()])
+    r = store.reader.query("SELECT toUnixTimestamp64Milli(time), toString(time), timezone() FROM events")
     assert r.rows == [[T0, "2023-11-14 22:13:20.123", "UTC"]]
 
 
 def test_alert_roundtrip_with_arrays(store):
-    store.insert_alerts([alert()])
-    r = store.query("SELECT paths, devices, shares, tags, toUnixTimestamp64Milli(first_seen), "
+    store.writer.insert_alerts([alert()])
+    r = store.reader.query("SELECT paths, devices, shares, tags, toUnixTimestamp64Milli(first_seen), "
                     "toUnixTimestamp64Milli(detected_at), severity, severity_id, observed FROM alerts")
     assert r.rows == [[["/d/0.csv", "/d/1.csv"], ["fs1"], ["projects"], ["attack.t1486"], T0, T0 + 500,
                        "high", 4, 120.0]]
 
 
 def test_deadletter_keeps_raw_bytes_and_reason(store):
-    store.insert_deadletters([DeadLetter(raw=b'{"uid": 1}', key=b"k", reason="invalid event: uid",
+    store.writer.insert_deadletters([DeadLetter(raw=b'{"uid": 1}', key=b"k", reason="invalid event: uid",
                                          source="dw.events:3:17", time=T0)])
-    r = store.query("SELECT raw, key, reason, source FROM deadletter")
+    r = store.reader.query("SELECT raw, key, reason, source FROM deadletter")
     assert r.rows == [['{"uid": 1}', "k", "invalid event: uid", "dw.events:3:17"]]
 
 
 def test_dedup_token_drops_a_replayed_batch(store):
     batch = [minimal_event(i) for i in range(3)]
-    store.insert_events(batch, dedup_token="dw.events:0:0-2")
-    store.insert_events(batch, dedup_token="dw.events:0:0-2")
-    assert store.query("SELECT count() FROM events").rows == [[3]]
-    store.insert_events(batch, dedup_token="dw.events:0:3-5")  # another token is another batch
-    assert store.query("SELECT count() FROM events").rows == [[6]]
+    store.writer.insert_events(batch, dedup_token="dw.events:0:0-2")
+    store.writer.insert_events(batch, dedup_token="dw.events:0:0-2")
+    assert store.reader.query("SELECT count() FROM events").rows == [[3]]
+    store.writer.insert_events(batch, dedup_token="dw.events:0:3-5")  # another token is another batch
+    assert store.reader.query("SELECT count() FROM events").rows == [[6]]
 
 
 def test_parameters_are_bound_not_spliced(store):
-    store.insert_events([minimal_event(), full_event()])
-    r = store.query("SELECT uid FROM events WHERE user_name = {u:String} AND time >= {t:DateTime64(3)}",
+    store.writer.insert_events([minimal_event(), full_event()])
+    r = store.reader.query("SELECT uid FROM events WHERE user_name = {u:String} AND time >= {t:DateTime64(3)}",
                     {"u": "bob", "t": "2023-11-14 22:13:20.000"})
     assert r.rows == [["full0"]]
     sneaky = "x' OR 1=1 --"
-    assert store.query("SELECT count() FROM events WHERE user_name = {u:String}", {"u": sneaky}).rows == [[0]]
-    assert store.query("SELECT {s:String}", {"s": "tab\there\\"}).rows == [["tab\there\\"]]
+    assert store.reader.query("SELECT count() FROM events WHERE user_name = {u:String}", {"u": sneaky}).rows == [[0]]
+    assert store.reader.query("SELECT {s:String}", {"s": "tab\there\\"}).rows == [["tab\there\\"]]
 
 
 @pytest.mark.parametrize("sql", [
@@ -109,28 +109,28 @@ def test_parameters_are_bound_not_spliced(store):
     "CREATE TABLE x (a UInt8) ENGINE = Memory",
 ])
 def test_queries_are_readonly(store, sql):
-    store.insert_events([minimal_event()])
+    store.writer.insert_events([minimal_event()])
     with pytest.raises(StoreError) as err:
-        store.query(sql)
+        store.reader.query(sql)
     assert err.value.code == 164 and not err.value.retriable
-    assert store.query("SELECT count() FROM events").rows == [[1]]
-    store.insert_events([minimal_event(1)])  # the writer is untouched by the readers' readonly
-    assert store.query("SELECT count() FROM events").rows == [[2]]
+    assert store.reader.query("SELECT count() FROM events").rows == [[1]]
+    store.writer.insert_events([minimal_event(1)])  # the writer is untouched by the readers' readonly
+    assert store.reader.query("SELECT count() FROM events").rows == [[2]]
 
 
 def test_query_bytes_format_and_trailing_format(store):
-    store.insert_events([minimal_event()])
-    assert store.query_bytes("SELECT uid, user_name FROM events", "TabSeparated") == b"min0\talice\n"
-    assert store.query_bytes("SELECT uid FROM events FORMAT JSONEachRow", "TabSeparated") == b'{"uid":"min0"}\n'
-    assert store.query_bytes("SELECT {s:String}", "TabSeparated", text_params={"s": "a\\tb"}) == b"a\\tb\n"
+    store.writer.insert_events([minimal_event()])
+    assert store.reader.query_bytes("SELECT uid, user_name FROM events", "TabSeparated") == b"min0\talice\n"
+    assert store.reader.query_bytes("SELECT uid FROM events FORMAT JSONEachRow", "TabSeparated") == b'{"uid":"min0"}\n'
+    assert store.reader.query_bytes("SELECT {s:String}", "TabSeparated", text_params={"s": "a\\tb"}) == b"a\\tb\n"
 
 
 def test_bad_sql_is_permanent(store):
     with pytest.raises(StoreError) as err:
-        store.query("SELEC 1")
+        store.reader.query("SELEC 1")
     assert err.value.code == 62
     with pytest.raises(StoreError):
-        store.query("SELECT * FROM no_such_table")
+        store.reader.query("SELECT * FROM no_such_table")
 
 
 def test_server_down_is_retriable():

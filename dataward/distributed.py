@@ -1,0 +1,159 @@
+"""The distributed mode's processes, wired from the typed config: the file agent, the stream worker
+and the ClickHouse sink. The embedded mode is wired beside this, in ``embedded.py``; the parts
+themselves only see plain values (a client-config mapping, topic names, paths, a policy).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from dataward.agent_pipeline import build_stages
+from dataward.config import Config
+from dwcore.agents.inotify_limits import ensure_queue_size
+from dwcore.agents.kafka_admin import ensure_topics
+from dwcore.agents.pipeline import chain
+from dwcore.agents.publisher import KafkaPublisher
+from dwcore.agents.watcher import FileWatcher
+from dwcore.backoff import Backoff
+from dwcore.detectors.policy import Policy
+from dwcore.logfmt import kv
+from dwcore.schemas.topics import Topics
+from dwcore.sinks.jsonl import AlertJsonlWriter
+from dwcore.sinks.kafka_sink import ClickHouseSink, SinkCounters, consumer_config, run_sink_loop
+from dwcore.sinks.query_server import QueryServer
+from dwcore.sinks.store import open_when_available
+
+log = logging.getLogger(__name__)
+
+
+def topics_of(config: Config) -> Topics:
+    return Topics.with_prefix(config.kafka.topic_prefix)
+
+
+def ensure_all_topics(config: Config) -> None:
+    """The dw.* topics: events with the configured partitions (the unit of scale-out), the rest with one."""
+    topics = topics_of(config)
+    client = config.kafka.client_config()
+    ensure_topics(client, [topics.events], config.kafka.partitions)
+    ensure_topics(client, [topics.alerts, topics.deadletter], 1)
+
+
+def run_file_agent(
+    config: Config,
+    watch: Sequence[str],
+    stop: threading.Event,
+    ready: Callable[[], None] | None = None,
+    *,
+    tune_inotify: bool | None = None,
+    create_topics: bool = True,
+    flush_timeout_s: float = 10.0,
+) -> dict[str, int]:
+    """Watch directories and publish their activity durably to Kafka until ``stop`` is set; returns
+    the final counters. ``ready`` is called once every root is watched. Starts even when the broker
+    is down: events wait in the spool."""
+    roots = list(watch) or list(config.agent.watch)
+    if not roots:
+        raise ValueError("nothing to watch: pass directories or set agent.watch")
+    topics = topics_of(config)
+    client = config.kafka.client_config()
+    if config.agent.tune_inotify if tune_inotify is None else tune_inotify:
+        ensure_queue_size()
+    if create_topics:
+        try:
+            ensure_topics(client, [topics.events], config.kafka.partitions, timeout=5.0)
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("topic_check_failed %s", kv(topic=topics.events, error=exc, action="continue_with_spool"))
+    spool_dir = config.spool_dir
+    publisher = KafkaPublisher(client, topics.events, spool_dir, config.device)
+    watcher = FileWatcher(roots, config.device, chain(build_stages(config), publisher.publish),
+                          exclude=[str(spool_dir), str(Path(config.data_dir))])
+    try:
+        watcher.start()
+        log.info("file_agent_ready %s", kv(device=config.device, topic=topics.events,
+                                           roots=",".join(watcher.roots), spool=spool_dir))
+        if ready is not None:
+            ready()
+        stop.wait()
+    finally:
+        watcher.stop()
+        left = publisher.close(flush_timeout_s)
+        if left:
+            log.warning("file_agent_stopped_with_pending %s",
+                        kv(events=left, spool=spool_dir, action="replay_on_next_start"))
+    counters = {**watcher.counters, **{f"publisher_{k}": v for k, v in publisher.counters.items()}}
+    log.info("file_agent_stopped %s", kv(**counters))
+    return counters
+
+
+def run_worker(
+    config: Config, policy: Policy, loglevel: str = "info", ready: Callable[[], None] | None = None
+) -> None:
+    """The stream worker; runs until SIGINT/SIGTERM (faust's Worker installs the handlers)."""
+    import faust
+
+    from dwcore.stream.faust_app import build_app
+
+    prefix = config.kafka.topic_prefix
+    app_id = f"dataward-worker-{prefix or 'main'}".rstrip(".")
+    config.faust_dir.mkdir(parents=True, exist_ok=True)
+    app = build_app(
+        policy,
+        topics_of(config),
+        bootstrap=config.kafka.bootstrap,
+        partitions=config.kafka.partitions,
+        app_id=app_id,
+        datadir=str(config.faust_dir),
+        ready=ready,
+    )
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def run_clickhouse_sink(
+    config: Config, stop: threading.Event, ready: Callable[[], None] | None = None
+) -> SinkCounters:
+    """Kafka events, alerts and dead letters into ClickHouse until ``stop`` is set; returns the
+    final counters. With embedded chDB this process owns the directory, so it also serves the
+    read-only query endpoint and writes its address for ``dataward query``."""
+    topics = topics_of(config)
+    store = open_when_available(config.store_dsn, config.store.database, config.store.retention_days,
+                                stop.wait, Backoff(0.2, 30.0).next)
+    if store is None:
+        return SinkCounters()
+    server: QueryServer | None = None
+    consumer: Consumer | None = None
+    alert_writer = AlertJsonlWriter(config.alerts_jsonl) if config.alerts_jsonl else None
+    group_id = f"{config.kafka.topic_prefix}dataward-sink"
+    try:
+        if store.embedded:
+            server = QueryServer(store.reader, config.query.host, config.query.port).start()
+            server.write_addr_file(config.query_addr_file)
+        consumer = Consumer(consumer_config(config.kafka.client_config(), group_id))
+        signalled = threading.Event()
+
+        def signal_ready() -> None:
+            if not signalled.is_set():
+                signalled.set()
+                if ready is not None:
+                    ready()
+
+        def on_assign(cons: Consumer, parts: list[TopicPartition]) -> None:
+            log.info("partitions_assigned count=%d", len(parts))
+            signal_ready()
+
+        consumer.subscribe([topics.events, topics.alerts, topics.deadletter], on_assign=on_assign)
+        sink = ClickHouseSink(store.writer, topics, consumer, stop, alert_writer)
+        log.info("sink_started %s", kv(store=store.label, group=group_id))
+        return run_sink_loop(sink, consumer, stop, signal_ready)
+    finally:
+        if consumer is not None:
+            consumer.close()
+        if alert_writer is not None:
+            alert_writer.close()
+        if server is not None:
+            server.stop()
+        store.close()
