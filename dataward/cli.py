@@ -61,8 +61,11 @@ def _config(config: Path | None, **overrides: Any) -> Config:
 def _policy(cfg: Config):
     from dwcore.detectors.policy import PolicyError, load_policy
 
+    overrides = {}
+    if cfg.s3.protected_buckets:  # the backup bucket(s): the strict rule is on for them
+        overrides["s3_protected_bucket"] = {"enabled": True, "buckets": list(cfg.s3.protected_buckets)}
     try:
-        return load_policy(cfg.policy_file or None)
+        return load_policy(cfg.policy_file or None, overrides)
     except PolicyError as exc:
         err.print(f"[red]policy error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -79,6 +79,16 @@ class ContentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     cache_bytes: int = 16 * 1024 * 1024  # previous samples kept to spot partial encryption
 
 
+class S3Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Buckets watched with the strict s3_protected_bucket rule: the one holding dataward's backups.
+    protected_buckets: list[str] = []
+    endpoint_url: str = ""  # S3-compatible store (MinIO, ...); empty: AWS
+    region: str = ""  # empty: the AWS chain's default
+    poll_interval_s: float = 10.0  # log-bucket listings and version polls
+    notification_topic: str = "dw.s3.notifications"  # where a bridge puts S3 event notifications
+    notification_group: str = "dataward-s3-notifications"
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".dataward"
     policy_file: str = ""  # empty: the built-in default policy
@@ -88,6 +98,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     query: QueryConfig = QueryConfig()
     agent: AgentConfig = AgentConfig()
     content: ContentConfig = ContentConfig()
+    s3: S3Config = S3Config()
 
     @property
     def device(self) -> str:
@@ -128,7 +139,7 @@ def read_secret(env_var: str, file_path: str = "") -> str:
 
 
 _SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig,
-             "content": ContentConfig}
+             "content": ContentConfig, "s3": S3Config}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -143,6 +154,9 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         rest = key[len("DATAWARD_") :].lower()
         section, _, field = rest.partition("_")
         if section in _SECTIONS and field in _SECTIONS[section].__struct_fields__:
+            if isinstance(getattr(_SECTIONS[section](), field), list):  # lists: comma-separated
+                out.setdefault(section, {})[field] = [v.strip() for v in value.split(",") if v.strip()]
+                continue
             out.setdefault(section, {})[field] = value
         elif rest in Config.__struct_fields__:
             out[rest] = value

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from dwcore.detectors import burst, rules_alarm, rules_delete, rules_rename
+from dwcore.detectors import burst, rules_alarm, rules_delete, rules_rename, rules_s3
 from dwcore.detectors.policy import Policy, RulePolicy
 from dwcore.detectors.spec import RuleSpec
 from dwcore.detectors.state import Incident, KeyState, UserState, copy_state
@@ -20,7 +20,9 @@ from dwcore.schemas.event import AccessEvent
 
 log = logging.getLogger(__name__)
 
-RULES: dict[str, RuleSpec] = {s.name: s for s in (rules_rename.SPEC, rules_delete.SPEC, rules_alarm.SPEC)}
+RULES: dict[str, RuleSpec] = {
+    s.name: s for s in (rules_rename.SPEC, rules_delete.SPEC, rules_alarm.SPEC, *rules_s3.SPECS)
+}
 MAX_KEYS_PER_RULE = 64  # incident keys kept per rule and user (alarms: device x alarm)
 
 
@@ -57,6 +59,8 @@ def evaluate(
             ignored += 1
             continue
         for spec, rule in active:
+            if rule.buckets and ev.share not in rule.buckets:
+                continue  # a rule scoped to some buckets (e.g. the protected ones)
             key = spec.key(ev)
             if key is None:
                 continue
@@ -64,9 +68,11 @@ def evaluate(
             ks = keys.get(key)
             if ks is None:
                 ks = keys[key] = KeyState(times=[], pending=[])
-            closed = burst.step(ks, spec.item(ev), rule, user, key)
-            if closed is not None:
-                _emit(spec, closed, rule, user, key, alerts)
+            item = spec.item(ev)
+            for _ in range(1 if spec.weight is None else min(spec.weight(ev), rule.cap)):
+                closed = burst.step(ks, item, rule, user, key)
+                if closed is not None:
+                    _emit(spec, closed, rule, user, key, alerts)
             touched[(rule.name, key)] = (spec, rule, ks)
     for (_, key), (spec, rule, ks) in touched.items():
         if ks.incident is not None:

@@ -44,6 +44,7 @@ class RulePolicy(msgspec.Struct, frozen=True, kw_only=True):
     critical_at: int | None = None
     cooldown_s: float
     sample_paths: int = 20
+    buckets: tuple[str, ...] = ()  # only events on these buckets count; empty: all
 
     @property
     def window_ms(self) -> int:
@@ -159,7 +160,10 @@ _FIELDS: dict[str, Callable[[object], Any]] = {
     "critical_at": _opt_pos_int,
     "cooldown_s": _pos_seconds,
     "sample_paths": _sample,
+    "buckets": _str_list,
 }
+# Rules that mean nothing without a bucket list: enabling one without buckets is an error.
+NEEDS_BUCKETS = frozenset({"s3_protected_bucket"})
 _REQUIRED = ("id", "name", "title", "level", "threshold", "window_s", "cooldown_s")
 
 
@@ -289,6 +293,11 @@ def _build(doc: _RuleDoc) -> RulePolicy:
             where.file, where.line,
             f"rule {doc.name!r}: critical_at ({crit.value}) must be greater than threshold ({thr.value})",
         )
+    if doc.name in NEEDS_BUCKETS and f.get("enabled", _Field(True, doc.loc)).value and not (
+        f["buckets"].value if "buckets" in f else ()
+    ):
+        where = f["enabled"].loc if "enabled" in f else doc.loc
+        raise PolicyError(where.file, where.line, f"rule {doc.name!r} is enabled but lists no buckets")
     return RulePolicy(**{k: v.value for k, v in f.items()})
 
 

@@ -6,14 +6,15 @@ from dwcore.detectors.policy import RulePolicy
 from dwcore.detectors.spec import RuleSpec
 from dwcore.detectors.state import Incident, Item
 from dwcore.schemas.alert import Alert
-from dwcore.schemas.event import AccessEvent, Activity
+from dwcore.schemas.event import AccessEvent, Activity, Source
 
 NAME = "bulk_delete"
 SIGNAL = "deletes"
 
 
 def key(ev: AccessEvent) -> str | None:
-    return "" if ev.activity_id == Activity.DELETE else None
+    # S3 deletes have their own per-principal rules (rules_s3) with thresholds for buckets.
+    return "" if ev.activity_id == Activity.DELETE and ev.source != Source.S3 else None
 
 
 def item(ev: AccessEvent) -> Item:

@@ -16,3 +16,6 @@ class RuleSpec(NamedTuple):
     key: Callable[[AccessEvent], str | None]  # incident key, or None when the event does not count
     item: Callable[[AccessEvent], Item]
     alert: Callable[[Incident, RulePolicy, str, str], Alert]  # (incident, rule, user, key)
+    # How many counts one event is worth (e.g. bytes read in units); None: one. Capped per event at
+    # the rule's cap, beyond which more counts change nothing.
+    weight: Callable[[AccessEvent], int] | None = None
