@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dataward import cli_fileagent
 from dataward.cli_s3 import s3_app
 from dataward.config import Config, ConfigError, load_config
 from dataward.logs import setup_logging
@@ -29,6 +30,7 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(topics_app, name="topics")
 app.add_typer(policy_app, name="policy")
 agent_app.add_typer(s3_app, name="s3")
+cli_fileagent.register(agent_app)
 
 out = Console()
 err = Console(stderr=True)

@@ -89,6 +89,17 @@ class S3Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     notification_group: str = "dataward-s3-notifications"
 
 
+class AuditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Who did it: audit logs joined with watcher events; unmatched events keep the owner guess."""
+
+    auditd_log: str = ""  # e.g. /var/log/audit/audit.log, with agents/data/dataward.rules loaded
+    samba_log: str = ""  # the syslog file that receives smbd_audit (vfs_full_audit) lines
+    samba_prefix: str = "%u|%I|%m|%S"  # the shares' full_audit:prefix
+    samba_shares: dict[str, str] = {}  # share name -> local directory
+    window_ms: int = 2000  # an audit record this close in time to a watcher event can match it
+    wait_ms: int = 50  # how long a batch may wait for the audit log to catch up
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".dataward"
     policy_file: str = ""  # empty: the built-in default policy
@@ -99,6 +110,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agent: AgentConfig = AgentConfig()
     content: ContentConfig = ContentConfig()
     s3: S3Config = S3Config()
+    audit: AuditConfig = AuditConfig()
 
     @property
     def device(self) -> str:
@@ -139,7 +151,7 @@ def read_secret(env_var: str, file_path: str = "") -> str:
 
 
 _SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig,
-             "content": ContentConfig, "s3": S3Config}
+             "content": ContentConfig, "s3": S3Config, "audit": AuditConfig}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
