@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dataward.config import load_config
-from dwcore.agents.file_agent import run_file_agent
+from dataward.distributed import run_file_agent
 from dwcore.schemas.codec import decode_event
 from dwcore.schemas.event import Activity, Attribution
 from tests.test_agents_kafka import consume
