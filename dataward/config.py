@@ -53,6 +53,9 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     batch_rows: int = 10_000  # ClickHouse wants 10k-100k rows about once a second
     flush_interval_s: float = 1.0
     retention_days: int = 400
+    # Per-table retention in days, overriding the defaults derived from retention_days
+    # (e.g. {heartbeats: 7, alerts: 1200}); see schemas/migrations.py table_ttl_days.
+    ttl_days: dict[str, int] = {}
 
 
 class QueryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -121,7 +121,7 @@ def run_clickhouse_sink(
     read-only query endpoint and writes its address for ``dataward query``."""
     topics = topics_of(config)
     store = open_when_available(config.store_dsn, config.store.database, config.store.retention_days,
-                                stop.wait, Backoff(0.2, 30.0).next)
+                                stop.wait, Backoff(0.2, 30.0).next, config.store.ttl_days)
     if store is None:
         return SinkCounters()
     server: QueryServer | None = None

@@ -64,7 +64,8 @@ class EmbeddedPipeline:
 
     def start(self) -> None:
         Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
-        store = Store.open(self.config.store_dsn, self.config.store.database, self.config.store.retention_days)
+        store = Store.open(self.config.store_dsn, self.config.store.database, self.config.store.retention_days,
+                           self.config.store.ttl_days)
         store.writer.ensure_schema()
         self._store = store
         self._batcher = Batcher(

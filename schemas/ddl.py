@@ -1,9 +1,14 @@
-"""ClickHouse DDL for the forensic history.
+"""ClickHouse columns and DDL for the forensic history.
 
 ``ORDER BY (user_name, time)``: the SOC's first question is "what did this user do, when".
 Monthly partitions so retention (TTL) drops whole parts. ``non_replicated_deduplication_window``
 lets the sink pass an insert dedup token ``topic:partition:first-last``: a replayed batch after a
 sink restart is dropped by the engine instead of doubling the evidence.
+
+The schema itself is built by the versioned migrations in ``schemas/migrations.py`` (applied at
+start, recorded in ``schema_migrations``); ``ddl_statements`` is the first of them, the schema of
+the walking skeleton. A new table or column: add a migration there (and for a new Struct field, the
+column at the end of its tuple here; columns missing from a table are added at start).
 """
 from __future__ import annotations
 
@@ -89,6 +94,99 @@ DEADLETTER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reason", "String"),
     ("key", "Nullable(String)"),
     ("raw", "String"),
+)
+
+# Where a row came from, for exact replays: the Kafka "topic:partition" and offset of the message
+# (the embedded mode: "embedded" and its own sequence). Not part of the event contract; written by
+# the sink beside the event columns, and sealed with them in custody blocks.
+SOURCE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("_src", "LowCardinality(String)"),
+    ("_offset", "UInt64"),
+)
+
+DELIVERIES_TABLE = "deliveries"
+INVENTORY_TABLE = "inventory"
+HEARTBEATS_TABLE = "heartbeats"
+BACKUP_RUNS_TABLE = "backup_runs"
+CUSTODY_TABLE = "custody_blocks"
+EVENTS_BY_PATH_TABLE = "events_by_path"
+USER_MINUTE_TABLE = "user_minute"
+MIGRATIONS_TABLE = "schema_migrations"
+
+# One attempt to deliver one alert version to one destination (webhooks, pager): "was anyone paged".
+DELIVERY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time", "DateTime64(3, 'UTC')"),
+    ("alert_uid", "String"),
+    ("alert_version", "UInt32"),
+    ("destination", "LowCardinality(String)"),
+    ("kind", "LowCardinality(String)"),  # slack, teams, pagerduty, webhook, ...
+    ("attempt", "UInt16"),
+    ("status", "LowCardinality(String)"),  # delivered, retry, failed, disabled
+    ("http_status", "Nullable(UInt16)"),
+    ("latency_ms", "UInt32"),
+    ("error", "String"),
+)
+
+# One file seen by an inventory scan (the data-collection stage: how old, whose, what type).
+INVENTORY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("scan_id", "String"),
+    ("scanned_at", "DateTime64(3, 'UTC')"),
+    ("device", "LowCardinality(String)"),
+    ("root", "LowCardinality(String)"),
+    ("path", "String"),
+    ("size", "UInt64"),
+    ("mtime", "DateTime64(3, 'UTC')"),
+    ("owner", "LowCardinality(String)"),
+    ("owner_uid", "String"),
+    ("file_type", "LowCardinality(String)"),
+    ("names_escaped", "Bool"),
+)
+
+# An agent saying it is alive, and how it is doing: a silent agent is visible downstream.
+HEARTBEAT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time", "DateTime64(3, 'UTC')"),
+    ("device", "LowCardinality(String)"),
+    ("agent", "LowCardinality(String)"),  # file, s3, inventory
+    ("version", "LowCardinality(String)"),
+    ("events_seen", "UInt64"),
+    ("spool_depth", "UInt64"),
+    ("lag_ms", "Nullable(UInt64)"),
+    ("status", "LowCardinality(String)"),
+)
+
+# One backup run (a new version per state change; ReplacingMergeTree on updated_at keeps the last).
+BACKUP_RUN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "String"),
+    ("started_at", "DateTime64(3, 'UTC')"),
+    ("updated_at", "DateTime64(3, 'UTC')"),
+    ("finished_at", "Nullable(DateTime64(3, 'UTC'))"),
+    ("mode", "LowCardinality(String)"),  # scheduled, continuous, restore, seal
+    ("source", "String"),
+    ("bucket", "String"),
+    ("prefix", "String"),
+    ("status", "LowCardinality(String)"),  # running, done, halted, failed
+    ("files", "UInt64"),
+    ("bytes", "UInt64"),
+    ("skipped", "UInt64"),
+    ("errors", "UInt32"),
+    ("manifest_key", "String"),
+    ("reason", "String"),
+)
+
+# A sealed block of events: the hash of its rows and of the block before it (tamper evidence).
+CUSTODY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("stream", "LowCardinality(String)"),  # the _src the block covers
+    ("seq", "UInt64"),  # 1, 2, ... per stream
+    ("first_offset", "UInt64"),
+    ("last_offset", "UInt64"),
+    ("rows", "UInt64"),
+    ("min_time", "DateTime64(3, 'UTC')"),
+    ("max_time", "DateTime64(3, 'UTC')"),
+    ("columns", "Array(LowCardinality(String))"),  # which columns the rows hash covers, in order
+    ("rows_hash", "String"),  # hex SHA-256 over the rows' hashes in offset order
+    ("prev_hash", "String"),  # block_hash of seq - 1 ('' for the first)
+    ("block_hash", "String"),  # hex SHA-256 of the block's own fields and prev_hash
+    ("sealed_at", "DateTime64(3, 'UTC')"),
 )
 
 _SETTINGS = "SETTINGS non_replicated_deduplication_window = 1000"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from dwcore.sinks.chbackend import open_backend, redact_dsn
 from dwcore.sinks.errors import StoreError, StoreFailure, StoreUnavailable
@@ -22,7 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class Store:
-    def __init__(self, backend_dsn: str, database: str = "dataward", retention_days: int = 400) -> None:
+    def __init__(
+        self,
+        backend_dsn: str,
+        database: str = "dataward",
+        retention_days: int = 400,
+        ttl_days: Mapping[str, int] | None = None,
+    ) -> None:
         if not IDENT.match(database):
             raise StoreError(f"database name must be letters, digits and _: {database!r}")
         self.label = redact_dsn(backend_dsn)  # the DSN without password
@@ -31,12 +37,14 @@ class Store:
         self._backend = open_backend(backend_dsn)
         self._closed = False
         self._lock = threading.Lock()
-        self.writer = StoreWriter(self._backend, database, retention_days, self.label)
+        self.writer = StoreWriter(self._backend, database, retention_days, self.label, ttl_days)
         self.reader = StoreReader(self._backend, database, self.label, lambda: self._closed)
 
     @classmethod
-    def open(cls, dsn: str, database: str = "dataward", retention_days: int = 400) -> Store:
-        store = cls(dsn, database, retention_days)
+    def open(
+        cls, dsn: str, database: str = "dataward", retention_days: int = 400, ttl_days: Mapping[str, int] | None = None
+    ) -> Store:
+        store = cls(dsn, database, retention_days, ttl_days)
         log.info("store_opened store=%s database=%s", store.label, database)
         return store
 
@@ -56,7 +64,12 @@ class Store:
 
 
 def open_when_available(
-    dsn: str, database: str, retention_days: int, wait: Callable[[float], bool], backoff: Callable[[], float]
+    dsn: str,
+    database: str,
+    retention_days: int,
+    wait: Callable[[float], bool],
+    backoff: Callable[[], float],
+    ttl_days: Mapping[str, int] | None = None,
 ) -> Store | None:
     """Open the store and ensure its schema, retrying while it is unavailable.
 
@@ -64,7 +77,7 @@ def open_when_available(
     ``backoff()`` gives the next delay."""
     while True:
         try:
-            store = Store.open(dsn, database, retention_days)
+            store = Store.open(dsn, database, retention_days, ttl_days)
             try:
                 store.writer.ensure_schema()
             except BaseException:

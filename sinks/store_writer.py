@@ -7,7 +7,7 @@ The read side is ``store_reader``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -21,7 +21,6 @@ from dwcore.schemas.ddl import (
     DEADLETTER_TABLE,
     EVENT_COLUMNS,
     EVENTS_TABLE,
-    ddl_statements,
 )
 from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.event import AccessEvent
@@ -49,15 +48,34 @@ def _pivot(items: Sequence[msgspec.Struct], columns: Columns) -> list[Sequence[A
 class StoreWriter:
     """Inserts into one backend. Does not own the backend (``Store`` closes it)."""
 
-    def __init__(self, backend: Backend, database: str, retention_days: int, label: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        database: str,
+        retention_days: int,
+        label: str,
+        ttl_days: Mapping[str, int] | None = None,
+    ) -> None:
         self._backend = backend
         self.database = database
         self.retention_days = retention_days
+        self.ttl_days = dict(ttl_days or {})
         self.label = label
 
-    def ensure_schema(self) -> None:
-        for statement in ddl_statements(self.database, self.retention_days):
-            self._backend.command(statement)
+    def ensure_schema(self) -> list[int]:
+        """Apply the schema migrations this store lacks (idempotent). Returns the versions applied."""
+        from dwcore.sinks.migrate import apply_migrations
+
+        return apply_migrations(self._backend.command, self._rows, self.database, self.retention_days,
+                                self.ttl_days)
+
+    def _rows(self, sql: str, parameters: Mapping[str, Any]) -> list[list[Any]]:
+        """Rows of a query on the write connection (schema lookups during migration)."""
+        from dwcore.sinks.store_reader import param_text, parse_json_compact
+
+        params = {name: param_text(value) for name, value in parameters.items()}
+        body = self._backend.read(sql, "JSONCompact", params, {}, None)
+        return parse_json_compact(body).rows
 
     def insert(
         self, table: str, columns: Columns, items: Sequence[msgspec.Struct], dedup_token: str | None = None
