@@ -2,8 +2,10 @@
 
 Flow: ``publish`` encodes a batch, appends it to the spool (one fsync), then produces it. A delivery
 report acks the record in the spool. Failed deliveries (broker down, timeouts) are resent from the
-spool by a service thread, so events published while the broker is away go out when it returns,
-and events spooled by an earlier run (crash, kill, outage) are replayed on start. The guarantee is
+spool by a service thread (with ``dwcore.backoff``), so events published while the broker is away go
+out when it returns, and events spooled by an earlier run (crash, kill, outage) are replayed on start.
+A record Kafka can never take (too large, invalid) goes to the dead-letter topic with the reason,
+like every other refused message in dataward, and leaves the spool only once that is acked. The guarantee is
 at-least-once: a record delivered but not yet acked when the agent dies is sent again, with the
 same event ``uid`` for consumers to deduplicate.
 
@@ -23,6 +25,8 @@ from pathlib import Path
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from dwcore.agents.spool import RecordId, Spool, SpoolFullError
+from dwcore.backoff import Backoff
+from dwcore.logfmt import kv
 from dwcore.schemas.codec import encode
 from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.event import AccessEvent
@@ -39,8 +43,9 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
 # Errors about the message itself: resending can never work, so the record is set aside whole.
 _PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
                         KafkaError.INVALID_RECORD})
-REJECTED_FILE = "rejected.jsonl"
-_TAKEN, _REJECTED, _STOP = "taken", "rejected", "stop"
+_TAKEN, _STOP = "taken", "stop"
+# A dead letter must fit where its record did not: raw bytes are cut to this (base64 grows them 4/3).
+DEADLETTER_RAW_MAX = 64 * 1024
 
 
 def _next_id(rid: RecordId | None) -> RecordId | None:
@@ -57,22 +62,25 @@ class KafkaPublisher:
         spool_dir: Path,
         device: str,
         *,
+        deadletter_topic: str,
         producer_overrides: dict[str, str | int | bool] | None = None,
         produce_budget_s: float = 0.5,
         service_interval_s: float = 0.1,
-        retry_backoff_s: float = 1.0,
+        backoff: Backoff | None = None,
     ) -> None:
         self.topic = topic
+        self.deadletter_topic = deadletter_topic
         self.device = device
         self._spool = Spool(spool_dir)
-        self._rejected_path = Path(spool_dir) / REJECTED_FILE
         conf: dict[str, str | int | bool] = {**client_config, **PRODUCER_DEFAULTS,
                                               "client.id": f"dataward-agent-{device}"}
         conf.update(producer_overrides or {})
         # librdkafka's own log lines go through logging, not straight to stderr.
         self._producer = Producer(conf, logger=logging.getLogger("dwcore.agents.librdkafka"))
+        limit = int(conf.get("message.max.bytes", 1_000_000))
+        self._deadletter_raw_max = max(256, min(DEADLETTER_RAW_MAX, (limit - 2048) * 3 // 4))
         self._budget_s = produce_budget_s
-        self._retry_backoff_s = retry_backoff_s
+        self._backoff = backoff or Backoff(0.5, 10.0)
         self._service_interval_s = service_interval_s
         self._lock = threading.RLock()
         self._inflight: set[RecordId] = set()
@@ -84,7 +92,8 @@ class KafkaPublisher:
         self._mem_inflight = 0
         self._failing = False
         self._closed = False
-        self._counters = {"published": 0, "acked": 0, "errors": 0, "resent": 0, "rejected": 0, "spool_full": 0}
+        self._counters = {"published": 0, "acked": 0, "errors": 0, "resent": 0, "rejected": 0, "lost": 0,
+                          "spool_full": 0}
         replay = self._spool.pending
         if replay:
             log.info("spool_replay topic=%s pending=%d", topic, replay)
@@ -166,10 +175,10 @@ class KafkaPublisher:
             left = self.pending
             lost = len(self._mem_waiting) + self._mem_inflight
             if lost:
-                log.error("publisher_closed_with_unspooled events=%d reason=spool_disk_full action=lost", lost)
+                log.error("publisher_closed_with_unspooled %s",
+                          kv(events=lost, reason="spool_disk_full", action="lost"))
             self._spool.close()
-            log.info("publisher_closed topic=%s %s", self.topic,
-                     " ".join(f"{k}={v}" for k, v in self.counters.items()))
+            log.info("publisher_closed %s", kv(topic=self.topic, **self.counters))
         return left
 
     # internals (all under self._lock)
@@ -203,8 +212,9 @@ class KafkaPublisher:
             if taken is _STOP:
                 return
             self._mem_waiting.popleft()
-            if taken is _TAKEN:
-                self._mem_inflight += 1
+            self._mem_inflight += 1
+            if isinstance(taken, KafkaError):
+                self._dead_letter(taken, key, value, functools.partial(self._on_mem_deadletter, key, value))
         start = self._rewind if self._rewind is not None else _next_id(self._cursor)
         self._rewind = None
         self._produce_spooled(self._spool.iter_unacked(start), deadline)
@@ -219,17 +229,16 @@ class KafkaPublisher:
                 if resend:
                     self._rewind = rid if self._rewind is None else min(self._rewind, rid)
                 return
-            if taken is _REJECTED:
-                self._acks.append(rid)
-            else:
-                self._inflight.add(rid)
+            self._inflight.add(rid)  # until Kafka acks it, or its dead letter
+            if isinstance(taken, KafkaError):
+                self._dead_letter(taken, key, value, functools.partial(self._on_deadletter_delivery, rid))
             if resend:
                 self._counters["resent"] += 1
             else:
                 self._cursor = rid
 
-    def _produce(self, key: bytes, value: bytes, cb: functools.partial, deadline: float) -> str:
-        """_TAKEN by the producer, _REJECTED for good (set aside), or _STOP this round (kept for later)."""
+    def _produce(self, key: bytes, value: bytes, cb: functools.partial, deadline: float) -> str | KafkaError:
+        """_TAKEN by the producer, _STOP this round (kept for later), or the error that refuses it for good."""
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=key, on_delivery=cb)
@@ -244,10 +253,9 @@ class KafkaPublisher:
                 err = exc.args[0] if exc.args else None
                 self._counters["errors"] += 1
                 if isinstance(err, KafkaError) and err.code() in _PERMANENT:
-                    self._reject(err, None, key, value)
-                    return _REJECTED
-                log.warning("produce_failed topic=%s error=%s action=retry_later", self.topic, exc)
-                self._retry_after = time.monotonic() + self._retry_backoff_s
+                    return err
+                log.warning("produce_failed %s", kv(topic=self.topic, error=exc, action="retry_later"))
+                self._retry_after = time.monotonic() + self._backoff.next()
                 return _STOP
 
     def _on_delivery(self, rid: RecordId, err: KafkaError | None, msg: Message | None) -> None:
@@ -258,47 +266,94 @@ class KafkaPublisher:
             self._recovered()
             return
         self._counters["errors"] += 1
-        if err.code() in _PERMANENT:
-            self._reject(err, msg)
-            self._acks.append(rid)
+        if err.code() in _PERMANENT and msg is not None:
+            self._inflight.add(rid)
+            self._dead_letter(err, msg.key(), msg.value(), functools.partial(self._on_deadletter_delivery, rid))
             return
+        self._retry_spooled(rid, err)
+
+    def _retry_spooled(self, rid: RecordId, err: KafkaError) -> None:
         self._rewind = rid if self._rewind is None else min(self._rewind, rid)
-        self._retry_after = time.monotonic() + self._retry_backoff_s
+        self._retry_after = time.monotonic() + self._backoff.next()
         self._failed(err)
 
     def _on_mem_delivery(self, key: bytes, value: bytes, err: KafkaError | None, msg: Message | None) -> None:
-        self._mem_inflight -= 1
         if err is None:
+            self._mem_inflight -= 1
             self._counters["acked"] += 1
             self._recovered()
             return
         self._counters["errors"] += 1
         if err.code() in _PERMANENT:
-            self._reject(err, msg, key, value)
+            self._dead_letter(err, key, value, functools.partial(self._on_mem_deadletter, key, value))
             return
+        self._retry_memory(key, value, err)
+
+    def _retry_memory(self, key: bytes, value: bytes, err: KafkaError) -> None:
+        self._mem_inflight -= 1
         self._mem_waiting.append((key, value))
-        self._retry_after = time.monotonic() + self._retry_backoff_s
+        self._retry_after = time.monotonic() + self._backoff.next()
         self._failed(err)
 
     def _failed(self, err: KafkaError) -> None:
         # One line per outage, not one per message: a dead broker fails thousands at once.
         if not self._failing and err.code() not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
             self._failing = True
-            log.warning("delivery_failing topic=%s error=%s action=kept_in_spool_will_resend", self.topic, err.str())
+            log.warning("delivery_failing %s", kv(topic=self.topic, error=err.str(),
+                                                  action="kept_in_spool_will_resend"))
 
     def _recovered(self) -> None:
+        self._backoff.reset()
         if self._failing:
             self._failing = False
-            log.info("delivery_recovered topic=%s pending=%d", self.topic, self._spool.pending)
+            log.info("delivery_recovered %s", kv(topic=self.topic, pending=self._spool.pending))
 
-    def _reject(self, err: KafkaError, msg: Message | None, key: bytes | None = None,
-                value: bytes | None = None) -> None:
-        """Sets a record Kafka can never take aside in rejected.jsonl: out of the queue, not lost."""
-        self._counters["rejected"] += 1
-        raw = value if value is not None else (msg.value() if msg is not None else b"") or b""
-        letter = DeadLetter(raw=raw, key=key if key is not None else (msg.key() if msg is not None else None),
-                            reason=f"kafka refused the message: {err.str()}", source=f"agent:{self.device}",
+    # dead letters: a record Kafka refuses for good goes to the dead-letter topic with the reason
+
+    def _dead_letter(self, err: KafkaError, key: bytes | None, value: bytes | None,
+                     on_done: functools.partial) -> None:
+        raw = value or b""
+        reason = f"kafka refused the message on {self.topic}: {err.str()}"
+        if len(raw) > self._deadletter_raw_max:
+            reason += f"; raw cut to its first {self._deadletter_raw_max} of {len(raw)} bytes"
+            raw = raw[: self._deadletter_raw_max]
+        letter = DeadLetter(raw=raw, key=key, reason=reason, source=f"agent:{self.device}",
                             time=int(time.time() * 1000))
-        with open(self._rejected_path, "ab") as f:
-            f.write(encode(letter) + b"\n")
-        log.error("record_rejected topic=%s error=%s file=%s", self.topic, err.str(), self._rejected_path)
+        try:
+            self._producer.produce(self.deadletter_topic, value=encode(letter), key=key, on_delivery=on_done)
+        except BufferError:
+            on_done(KafkaError(KafkaError._QUEUE_FULL), None)
+        except KafkaException as exc:
+            failure = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else KafkaError(
+                KafkaError._FAIL, str(exc))
+            on_done(failure, None)
+
+    def _deadletter_outcome(self, err: KafkaError | None) -> bool:
+        """True when the record is settled (its dead letter delivered, or even that refused)."""
+        if err is None:
+            self._counters["rejected"] += 1
+            log.error("record_deadlettered %s", kv(topic=self.topic, deadletter_topic=self.deadletter_topic))
+            return True
+        self._counters["errors"] += 1
+        if err.code() in _PERMANENT:
+            # Even the cut-down dead letter was refused: nothing left to try; say so loudly.
+            self._counters["lost"] += 1
+            log.error("record_lost %s", kv(topic=self.topic, deadletter_topic=self.deadletter_topic,
+                                           error=err.str()))
+            return True
+        return False
+
+    def _on_deadletter_delivery(self, rid: RecordId, err: KafkaError | None, msg: Message | None) -> None:
+        self._inflight.discard(rid)
+        if self._deadletter_outcome(err):
+            self._acks.append(rid)
+        else:
+            assert err is not None
+            self._retry_spooled(rid, err)
+
+    def _on_mem_deadletter(self, key: bytes, value: bytes, err: KafkaError | None, msg: Message | None) -> None:
+        if self._deadletter_outcome(err):
+            self._mem_inflight -= 1
+        else:
+            assert err is not None
+            self._retry_memory(key, value, err)

@@ -101,7 +101,7 @@ def run_baseline(conf: dict, topic: str, records: list[tuple[bytes, bytes]], con
 
 
 def run_publisher(kafka: KafkaConfig, topic: str, events: list, spool: Path, console: Console) -> tuple[float, float]:
-    pub = KafkaPublisher(kafka.client_config(), topic, spool, "bench")
+    pub = KafkaPublisher(kafka.client_config(), topic, spool, "bench", deadletter_topic=f"{topic}.deadletter")
     try:
         pub.publish(events[:PUBLISH_BATCH])  # warm-up, as for the baseline
         if pub.flush(30):

@@ -110,8 +110,13 @@ def run(
 
     stop = _stop_on_signals()
     pipeline = EmbeddedPipeline(cfg, _policy(cfg), [str(w) for w in watch], on_alert=print_alert)
+    from dataward.datadir import DataDirInUse
+
     try:
         pipeline.start()
+    except DataDirInUse as exc:  # taken before anything else starts: nothing to stop
+        sys.stderr.write(f"{exc}\n")
+        raise typer.Exit(1) from None
     except Exception:
         pipeline.stop()
         raise
@@ -182,8 +187,14 @@ def sink_clickhouse(
     from dataward.distributed import ensure_all_topics, run_clickhouse_sink
 
     ensure_all_topics(cfg)
+    from dataward.datadir import DataDirInUse
+
     stop = _stop_on_signals()
-    run_clickhouse_sink(cfg, stop, ready=lambda: _ready("clickhouse sink consuming"))
+    try:
+        run_clickhouse_sink(cfg, stop, ready=lambda: _ready("clickhouse sink consuming"))
+    except DataDirInUse as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise typer.Exit(1) from None
 
 
 @topics_app.command("create")

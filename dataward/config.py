@@ -132,9 +132,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return Path(self.data_dir) / "query.addr"
 
     @property
-    def lock_file(self) -> Path:
-        """Held by the process that owns the data dir (embedded mode, chDB sink)."""
-        return Path(self.data_dir) / "dataward.lock"
+    def parked_dir(self) -> Path:
+        """Rows the store could not take yet, replayed when it answers again."""
+        return Path(self.data_dir) / "parked"
 
     @property
     def faust_dir(self) -> Path:

@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dataward.agent_pipeline import build_stages
 from dataward.config import Config
+from dataward.datadir import DataDirLock
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.kafka_admin import ensure_topics
 from dwcore.agents.pipeline import chain
@@ -65,10 +66,11 @@ def run_file_agent(
     if create_topics:
         try:
             ensure_topics(client, [topics.events], config.kafka.partitions, timeout=5.0)
+            ensure_topics(client, [topics.deadletter], 1, timeout=5.0)
         except (KafkaException, TimeoutError) as exc:
             log.warning("topic_check_failed %s", kv(topic=topics.events, error=exc, action="continue_with_spool"))
     spool_dir = config.spool_dir
-    publisher = KafkaPublisher(client, topics.events, spool_dir, config.device)
+    publisher = KafkaPublisher(client, topics.events, spool_dir, config.device, deadletter_topic=topics.deadletter)
     watcher = FileWatcher(roots, config.device, chain(build_stages(config), publisher.publish),
                           exclude=[str(spool_dir), str(Path(config.data_dir))])
     try:
@@ -120,6 +122,16 @@ def run_clickhouse_sink(
     final counters. With embedded chDB this process owns the directory, so it also serves the
     read-only query endpoint and writes its address for ``dataward query``."""
     topics = topics_of(config)
+    # An embedded chDB directory has one owner: a second sink gets one line naming the holder.
+    lock = DataDirLock(config.data_dir).acquire() if config.store_dsn.startswith("chdb://") else None
+    try:
+        return _run_sink(config, topics, stop, ready)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_sink(config: Config, topics: Topics, stop: threading.Event, ready: Callable[[], None] | None) -> SinkCounters:
     store = open_when_available(config.store_dsn, config.store.database, config.store.retention_days,
                                 stop.wait, Backoff(0.2, 30.0).next, config.store.ttl_days)
     if store is None:

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dataward.agent_pipeline import build_stages
 from dataward.config import Config
+from dataward.datadir import DataDirLock
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.pipeline import chain
 from dwcore.agents.watcher import FileWatcher
 from dwcore.detectors.policy import Policy
 from dwcore.schemas.alert import Alert
-from dwcore.schemas.codec import encode, encode_many
+from dwcore.schemas.ddl import ALERTS_TABLE, EVENTS_TABLE
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.batcher import Batcher
-from dwcore.sinks.errors import StoreFailure
+from dwcore.sinks.errors import StoreFailure, StoreUnavailable
 from dwcore.sinks.jsonl import AlertJsonlWriter
+from dwcore.sinks.parking import Keeper, ParkingLot
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import Store
 from dwcore.stream.bus import BatchBus
@@ -55,6 +56,8 @@ class EmbeddedPipeline:
         self.alerts_raised = 0
         self._stop = threading.Event()
         self._store: Store | None = None
+        self._lock: DataDirLock | None = None
+        self._keeper: Keeper | None = None
         self._batcher: Batcher[AccessEvent] | None = None
         self._jsonl: AlertJsonlWriter | None = None
         self._server: QueryServer | None = None
@@ -63,16 +66,22 @@ class EmbeddedPipeline:
         self._stopped = False
 
     def start(self) -> None:
-        Path(self.config.data_dir).mkdir(parents=True, exist_ok=True)
+        # Before the store: a second process gets one line naming the holder, not chDB's traceback.
+        self._lock = DataDirLock(self.config.data_dir).acquire()
         store = Store.open(self.config.store_dsn, self.config.store.database, self.config.store.retention_days,
                            self.config.store.ttl_days)
-        store.writer.ensure_schema()
         self._store = store
+        store.writer.ensure_schema()
+        # What the store refuses goes to the deadletter table; what it cannot take now is parked
+        # and replayed (also what an earlier run parked).
+        self._keeper = Keeper(store.writer, ParkingLot(self.config.parked_dir), f"embedded:{self.config.device}")
+        self._keeper.start()
+        keeper = self._keeper
         self._batcher = Batcher(
             store.writer.insert_events,
             batch_rows=self.config.store.batch_rows,
             flush_interval_s=self.config.store.flush_interval_s,
-            on_permanent=self._park_rejected,
+            on_permanent=lambda batch, exc: keeper.failed(EVENTS_TABLE, batch, exc),
             name="events",
         )
         self._batcher.start()
@@ -118,22 +127,8 @@ class EmbeddedPipeline:
         self._batcher.add_many(events)
         self.events_processed += len(events)
 
-    def _park_rejected(self, batch: Sequence[AccessEvent], exc: Exception) -> None:
-        """The store refused a batch for good: keep it on disk for replay instead of dropping it."""
-        path = self._park(f"events-{time.time_ns()}.jsonl", encode_many(batch))
-        log.error("store_rejected_batch rows=%d parked=%s reason=%r", len(batch), path, str(exc)[:300])
-
-    def _park(self, name: str, records: Sequence[bytes]) -> Path:
-        """Append JSON lines under <data_dir>/rejected/ for a later replay."""
-        target = Path(self.config.data_dir) / "rejected"
-        target.mkdir(parents=True, exist_ok=True)
-        path = target / name
-        with open(path, "ab") as fh:
-            fh.write(b"".join(r + b"\n" for r in records))
-        return path
-
     def _emit_alert(self, alert: Alert) -> None:
-        assert self._store is not None
+        assert self._store is not None and self._keeper is not None
         self.alerts_raised += 1
         # The human first: a chDB insert costs ~17 ms (~180 ms for the first after start).
         if self.on_alert:
@@ -146,9 +141,8 @@ class EmbeddedPipeline:
         try:
             self._store.writer.insert_alerts([alert])
         except StoreFailure as exc:
-            # The alert already reached the console and JSONL; keep it for the store too.
-            self._park("alerts.jsonl", [encode(alert)])
-            log.error("store_alert_failed uid=%s reason=%r", alert.uid, str(exc)[:300])
+            # The alert already reached the console and JSONL; the table gets it on replay.
+            self._keeper.failed(ALERTS_TABLE, [alert], exc)
 
     def stop(self) -> None:
         if self._stopped:
@@ -160,12 +154,17 @@ class EmbeddedPipeline:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=60)
-        if self._batcher:
-            self._batcher.close()
+        if self._batcher and not self._batcher.close() and self._keeper:
+            left = self._batcher.take_pending()
+            self._keeper.failed(EVENTS_TABLE, left, StoreUnavailable("store unavailable at shutdown"))
+        if self._keeper:
+            self._keeper.stop()
         if self._jsonl:
             self._jsonl.close()
         if self._server:
             self._server.stop()
         if self._store:
             self._store.close()
+        if self._lock:
+            self._lock.release()
         log.info("embedded_stopped events=%d alerts=%d", self.events_processed, self.alerts_raised)

@@ -2,7 +2,7 @@
 
 A batch goes to the sink callback when ``batch_rows`` items are waiting or ``flush_interval_s``
 has passed since the oldest unflushed item arrived. A retriable failure (``exc.retriable``) keeps
-the batch at the head of the queue and backs off; a permanent one hands the batch to
+the batch at the head of the queue and backs off (``dwcore.backoff``); a permanent one hands the batch to
 ``on_permanent`` (e.g. dead-letter it). Time comes from the injected ``now`` so the triggers are
 tested without sleeping. Thread-safe: producers call ``add`` while a timer thread calls ``poll``.
 """
@@ -14,6 +14,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
+
+from dwcore.backoff import Backoff
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -32,8 +34,7 @@ class Batcher(Generic[T]):
         flush_interval_s: float = 1.0,
         now: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        retry_initial_s: float = 0.2,
-        retry_max_s: float = 30.0,
+        backoff: Backoff | None = None,
         is_retriable: Callable[[BaseException], bool] = _is_retriable,
         on_permanent: Callable[[list[T], BaseException], None] | None = None,
         name: str = "batcher",
@@ -45,8 +46,7 @@ class Batcher(Generic[T]):
         self.flush_interval_s = flush_interval_s
         self._now = now
         self._sleep = sleep
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
+        self._backoff = backoff or Backoff(0.2, 30.0)
         self._is_retriable = is_retriable
         self._on_permanent = on_permanent
         self.name = name
@@ -54,7 +54,6 @@ class Batcher(Generic[T]):
         self._first_at: float | None = None  # arrival time of the oldest unflushed item
         self._lock = threading.Lock()  # guards _items/_first_at; never held across the sink call
         self._flush_lock = threading.Lock()  # one sink call at a time, in arrival order
-        self._backoff_s = 0.0
         self._retry_at: float | None = None
         self._timer: threading.Thread | None = None
         self._stop = threading.Event()
@@ -77,6 +76,14 @@ class Batcher(Generic[T]):
             if added and before == 0:
                 self._first_at = self._now()
             self.counters["added"] += added
+
+    def take_pending(self) -> list[T]:
+        """Remove and return everything not yet sent (e.g. to park it when the store stays down)."""
+        with self._flush_lock, self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._first_at = None
+            return items
 
     @property
     def pending(self) -> int:
@@ -150,19 +157,18 @@ class Batcher(Generic[T]):
                 self._sink(batch)
             except Exception as exc:  # noqa: BLE001 - the kind decides what happens next
                 if self._is_retriable(exc):
-                    self._backoff_s = min(
-                        self._retry_max_s, max(self._retry_initial_s, self._backoff_s * 2)
-                    )
-                    self._retry_at = self._now() + self._backoff_s
+                    delay = self._backoff.next()
+                    self._retry_at = self._now() + delay
                     self.counters["retries"] += 1
                     log.warning(
                         "flush_retry batcher=%s rows=%d backoff_s=%.2f error=%s",
-                        self.name, len(batch), self._backoff_s, exc,
+                        self.name, len(batch), delay, exc,
                     )
                     return -1
                 self.counters["permanent_errors"] += 1
                 self._drop_head(len(batch))
-                self._backoff_s, self._retry_at = 0.0, None
+                self._retry_at = None
+                self._backoff.reset()
                 if self._on_permanent is not None:
                     self._on_permanent(batch, exc)
                 else:
@@ -172,7 +178,8 @@ class Batcher(Generic[T]):
                     )
                 return len(batch)
             self._drop_head(len(batch))
-            self._backoff_s, self._retry_at = 0.0, None
+            self._retry_at = None
+            self._backoff.reset()
             self.counters["flushed"] += len(batch)
             self.counters["batches"] += 1
             return len(batch)

@@ -15,8 +15,10 @@ from dataward.config import Config, load_config
 from dataward.distributed import run_file_agent
 from dwcore.agents.kafka_admin import ensure_topics
 from dwcore.agents.publisher import KafkaPublisher
+from dwcore.backoff import Backoff
 from dwcore.schemas.codec import decode_event, encode
 from dwcore.schemas.event import AccessEvent, Activity, make_event
+from dwcore.schemas.topics import Topics
 
 pytestmark = pytest.mark.kafka
 
@@ -85,9 +87,13 @@ def kcfg(bootstrap: str) -> dict[str, str]:
     return {"bootstrap.servers": bootstrap}
 
 
+def publisher(bootstrap: str, topics: Topics, spool: Path, **kw) -> KafkaPublisher:
+    return KafkaPublisher(kcfg(bootstrap), topics.events, spool, "fs01", deadletter_topic=topics.deadletter, **kw)
+
+
 def test_5000_events_arrive_complete_and_keyed_by_user(kafka_bootstrap, kafka_topics, tmp_path):
     sent = events(5000)
-    pub = KafkaPublisher(kcfg(kafka_bootstrap), kafka_topics.events, tmp_path / "spool", "fs01")
+    pub = publisher(kafka_bootstrap, kafka_topics, tmp_path / "spool")
     for i in range(0, len(sent), 1000):
         pub.publish(sent[i : i + 1000])
     assert pub.flush(30) == 0
@@ -108,13 +114,13 @@ def test_dead_broker_spools_and_next_publisher_delivers_exactly_what_was_spooled
         kafka_bootstrap, kafka_topics, tmp_path):
     spool_dir = tmp_path / "spool"
     sent = events(1200, tag="x")
-    dead = KafkaPublisher(kcfg("127.0.0.1:1"), kafka_topics.events, spool_dir, "fs01")
+    dead = publisher("127.0.0.1:1", kafka_topics, spool_dir)
     for i in range(0, len(sent), 400):
         dead.publish(sent[i : i + 400])
     assert dead.close(timeout=1) == 1200  # nothing acked, everything kept
     assert list(spool_dir.glob("*.log"))
 
-    alive = KafkaPublisher(kcfg(kafka_bootstrap), kafka_topics.events, spool_dir, "fs01")
+    alive = publisher(kafka_bootstrap, kafka_topics, spool_dir)
     assert alive.flush(30) == 0
     assert alive.close() == 0
     got = consume(kafka_bootstrap, kafka_topics.events, 1200)
@@ -126,7 +132,7 @@ def test_partition_for_alice_matches_java_and_aiokafka_murmur2(kafka_bootstrap, 
 
     expected = java_partition(b"alice", 6)
     assert expected == (aiokafka_murmur2(b"alice") & 0x7FFFFFFF) % 6
-    pub = KafkaPublisher(kcfg(kafka_bootstrap), kafka_topics.events, tmp_path / "spool", "fs01")
+    pub = publisher(kafka_bootstrap, kafka_topics, tmp_path / "spool")
     ev = [e for e in events(7) if e.user_name == "alice"]
     pub.publish(ev)
     assert pub.close() == 0
@@ -180,9 +186,9 @@ class Proxy:
 def test_events_published_while_broker_is_away_go_out_when_it_returns(kafka_bootstrap, kafka_topics, tmp_path):
     proxy = Proxy(kafka_bootstrap)
     # Short timeouts so deliveries fail while the broker is away and the spool resend path runs.
-    pub = KafkaPublisher(kcfg(f"127.0.0.1:{proxy.port}"), kafka_topics.events, tmp_path / "spool", "fs01",
+    pub = publisher(f"127.0.0.1:{proxy.port}", kafka_topics, tmp_path / "spool",
                          producer_overrides={"message.timeout.ms": 1000, "reconnect.backoff.max.ms": 500},
-                         retry_backoff_s=0.2)
+                         backoff=Backoff(0.2, 0.2))
     sent = events(600)
     try:
         pub.publish(sent[:300])
@@ -209,21 +215,28 @@ def test_ensure_topics_is_idempotent(kafka_bootstrap, topic_prefix):
     assert len(md.topics[names[0]].partitions) == 6
 
 
-def test_message_kafka_refuses_is_set_aside_not_retried_forever(kafka_bootstrap, kafka_topics, tmp_path):
-    pub = KafkaPublisher(kcfg(kafka_bootstrap), kafka_topics.events, tmp_path / "spool", "fs01",
-                         producer_overrides={"message.max.bytes": 2000})
+def test_message_kafka_refuses_goes_to_the_deadletter_topic_with_reason(kafka_bootstrap, kafka_topics, tmp_path):
+    pub = publisher(kafka_bootstrap, kafka_topics, tmp_path / "spool",
+                    producer_overrides={"message.max.bytes": 2000})
     big = make_event(Activity.CREATE, uid="big", time=1, user_name="alice", device="fs01",
                      file_path="/share/" + "x" * 3000)
     pub.publish([big, *events(3)])
-    assert pub.flush(20) == 0
+    assert pub.flush(20) == 0  # settled: the refused record left the spool only once its dead letter was acked
     counters = pub.counters
     pub.close()
-    assert counters["rejected"] == 1 and counters["acked"] == 3
-    rejected = (tmp_path / "spool" / "rejected.jsonl").read_text().splitlines()
-    assert len(rejected) == 1 and '"uid\\":\\"big\\"' not in rejected[0]  # value kept base64 (raw bytes)
+    assert counters["rejected"] == 1 and counters["acked"] == 3 and counters["lost"] == 0
+    assert not list((tmp_path / "spool").glob("*.jsonl"))  # nothing parked beside the spool any more
     from dwcore.schemas.codec import decode_deadletter
 
-    assert decode_event(decode_deadletter(rejected[0].encode()).raw).uid == "big"
+    (msg,) = consume(kafka_bootstrap, kafka_topics.deadletter, 1)
+    letter = decode_deadletter(msg.value())
+    assert msg.key() == b"alice" and letter.key == b"alice" and letter.source == "agent:fs01"
+    assert letter.reason.startswith(f"kafka refused the message on {kafka_topics.events}: ")
+    assert "message size too large" in letter.reason.lower()
+    # cut so that the dead letter fits where the record did not, and said so
+    assert "raw cut to its first 256 of" in letter.reason and len(letter.raw) == 256
+    assert encode(big).startswith(letter.raw)
+    assert len(consume(kafka_bootstrap, kafka_topics.events, 3)) == 3
 
 
 def test_file_agent_publishes_file_activity(kafka_bootstrap, topic_prefix, tmp_path):

@@ -31,6 +31,12 @@ def test_embedded_mass_rename_alert_and_full_history(tmp_path, dataward_proc):
     proc = dataward_proc("run", "--watch", str(watched), "--data-dir", str(state), "--alerts-jsonl", str(jsonl))
     proc.wait_ready(60)
 
+    # A second `dataward run` on the same data dir: one line naming the holder, no traceback.
+    second = run_cli("run", "--watch", str(watched), "--data-dir", str(state), timeout=60)
+    assert second.returncode == 1
+    assert second.stderr.strip() == (f"data dir {state} is in use by process {proc.proc.pid} "
+                                     f"(lock file {state / 'dataward.lock'})")
+
     t_first_rename = time.time()
     simulate_rename(watched, 300, ".locked", show_progress=False)
     alert = wait_for(

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
+from dwcore.backoff import Backoff
 from dwcore.sinks.batcher import Batcher
 from dwcore.sinks.errors import StoreError, StoreUnavailable
 
@@ -19,9 +20,11 @@ class Clock:
         self.t += s
 
 
-def make(sink, **kw):
+def make(sink, retry_initial_s=0.2, retry_max_s=30.0, **kw):
     clock = Clock()
-    b = Batcher(sink, now=clock, sleep=clock.sleep, **kw)
+    # rand=1.0: the top of the jitter range, so the delays are exact (1 s, 2 s, ...)
+    backoff = Backoff(retry_initial_s, retry_max_s, rand=lambda: 1.0)
+    b = Batcher(sink, now=clock, sleep=clock.sleep, backoff=backoff, **kw)
     return b, clock
 
 
