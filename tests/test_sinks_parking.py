@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -19,8 +20,11 @@ from dwcore.sinks.store import Store
 from tests.test_sinks_kafka import alert
 
 
+NOW_MS = int(time.time() * 1000)  # inside every retention window
+
+
 def ev(i: int, **kw):
-    return make_event(Activity.CREATE, uid=f"e{i}", time=1_700_000_000_000 + i, user_name="alice", device="fs1",
+    return make_event(Activity.CREATE, uid=f"e{i}", time=NOW_MS + i, user_name="alice", device="fs1",
                       file_path=f"/share/{i}", **kw)
 
 
