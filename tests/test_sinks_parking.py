@@ -19,7 +19,6 @@ from dwcore.sinks.parking import Keeper, ParkingLot
 from dwcore.sinks.store import Store
 from tests.test_sinks_kafka import alert
 
-
 NOW_MS = int(time.time() * 1000)  # inside every retention window
 
 
