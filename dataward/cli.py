@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dataward import cli_fileagent
+from dataward import cli_detect, cli_fileagent
 from dataward.cli_s3 import s3_app
 from dataward.config import Config, ConfigError, load_config
 from dataward.logs import setup_logging
@@ -31,6 +31,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(policy_app, name="policy")
 agent_app.add_typer(s3_app, name="s3")
 cli_fileagent.register(agent_app)
+app.add_typer(cli_detect.rules_app, name="rules")
+app.add_typer(cli_detect.incident_app, name="incident")
 
 out = Console()
 err = Console(stderr=True)
@@ -271,19 +273,8 @@ def simulate_delete_cmd(
 
 @policy_app.command("check")
 def policy_check(path: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
-    """Validate a policy file; errors name file:line."""
-    from dwcore.detectors.policy import PolicyError, load_policy
-
-    try:
-        pol = load_policy(path)
-    except PolicyError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    table = Table("rule", "level", "threshold", "window_s", "critical_at", "enabled")
-    for rule in pol.rules:
-        table.add_row(rule.name, rule.level, str(rule.threshold), str(rule.window_s), str(rule.critical_at),
-                      str(rule.enabled))
-    out.print(table)
+    """Validate a policy file (same as `dataward rules check`)."""
+    cli_detect.check_policy_file(path)
 
 
 def main() -> None:

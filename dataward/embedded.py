@@ -28,12 +28,13 @@ from dwcore.sinks.parking import Keeper, ParkingLot
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import Store
 from dwcore.stream.bus import BatchBus
-from dwcore.stream.processing import detect
+from dwcore.stream.processing import close_quiet, detect
 
 log = logging.getLogger(__name__)
 
 TAKE_MAX = 5_000
 TAKE_WITHIN_S = 0.05
+CLOSE_EVERY_S = 5.0  # how often quiet incidents get their closing version
 
 
 class EmbeddedPipeline:
@@ -107,12 +108,27 @@ class EmbeddedPipeline:
         return f"http://{host}:{port}"
 
     def _process_loop(self) -> None:
+        last_close = time.monotonic()
         while True:
             batch = self.bus.take(TAKE_MAX, TAKE_WITHIN_S)
             if batch:
                 self._process(batch)
             elif self._stop.is_set() and self.bus.drained():
                 return
+            if time.monotonic() - last_close >= CLOSE_EVERY_S:
+                last_close = time.monotonic()
+                self._close_quiet()
+
+    def _close_quiet(self) -> None:
+        now = int(time.time() * 1000)
+        for user in list(self.state):
+            try:
+                alerts, _ = close_quiet(self.state, user, now, self.policy)
+            except Exception:
+                log.exception("close_failed user=%s", user)
+                continue
+            for alert in alerts:
+                self._emit_alert(alert)
 
     def _process(self, events: list[AccessEvent]) -> None:
         assert self._batcher is not None and self._store is not None

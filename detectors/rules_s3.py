@@ -1,7 +1,8 @@
 """S3 rules, per principal: what attacks on buckets look like as API calls.
 
 Each rule is a pure ``RuleSpec`` over S3 events (``source == "s3"``), counted by the shared burst
-machinery, so thresholds, windows and escalation are policy data like every other rule.
+machinery, so thresholds, windows and escalation are policy data like every other rule; a
+principal's findings join one incident like a file user's (see ``detectors.incident``).
 
 The sources name the same call differently (access log ``BATCH.DELETE.OBJECT``, CloudTrail
 ``DeleteObjects``, notification ``ObjectRemoved:Delete``); ``api`` folds them into one vocabulary
@@ -19,13 +20,9 @@ import re
 import uuid
 from collections.abc import Callable
 
-import msgspec
-
-from dwcore.detectors import explain
-from dwcore.detectors.policy import RulePolicy
+from dwcore.detectors.explain import plural
+from dwcore.detectors.features import Facts
 from dwcore.detectors.spec import RuleSpec
-from dwcore.detectors.state import Incident, Item
-from dwcore.schemas.alert import Alert
 from dwcore.schemas.event import AccessEvent, Activity, Source
 
 EXFIL_UNIT = 64 << 20  # bytes per counted unit of the exfiltration rule (64 MiB)
@@ -127,44 +124,29 @@ def is_protected_target(ev: AccessEvent) -> bool:
                                               and bool(ev.config_change)))
 
 
-def _item(ev: AccessEvent) -> Item:
-    note = ""
+def _note(ev: AccessEvent) -> str:
     changes = defence_changes(ev)
     if changes:
-        note = f"{api(ev)} {','.join(changes)} on {ev.share}"
-    elif ev.sse == "SSE-C":
-        note = "SSE-C (customer-provided key)"
-    elif ev.kms_key_account:
-        note = f"KMS key of account {ev.kms_key_account}"
-    path = ev.file_path if ev.file_path != "/" else f"{ev.share}/"
-    return Item(time=ev.time, path=path, device=ev.device, share=ev.share, note=note)
-
-
-def _dedupe(values: list[str]) -> list[str]:
-    return list(dict.fromkeys(values))
+        return f"{api(ev)} {','.join(changes)} on {ev.share}"
+    if ev.sse == "SSE-C":
+        return "SSE-C (customer-provided key)"
+    if ev.kms_key_account:
+        return f"KMS key of account {ev.kms_key_account}"
+    return ""
 
 
 def _spec(name: str, match: Callable[[AccessEvent], bool], verb: str, unit: str, signal: str,
           weight: Callable[[AccessEvent], int] | None = None) -> RuleSpec:
-    def key(ev: AccessEvent) -> str | None:
+    def key(ev: AccessEvent, facts: Facts) -> str | None:
         return "" if match(ev) else None
 
-    def alert(inc: Incident, rule: RulePolicy, user: str, key: str) -> Alert:
-        buckets = ", ".join(inc.shares) or "?"
-        amount = (f"{inc.count * EXFIL_UNIT / (1 << 30):.1f} GiB" if weight is not None
-                  else explain.plural(inc.count, unit))
-        title = f"{rule.title} by {user}: {amount} in {explain.span(inc)} (bucket {buckets})"
-        paths = _dedupe(inc.paths)
-        shown = ", ".join(paths[: explain.PATHS_IN_TEXT])
-        note = f" Evidence: {inc.note}." if inc.note else ""
-        description = (
-            f"{user} {verb} {amount} in bucket {buckets} between {explain.iso(inc.first_seen)} and "
-            f"{explain.iso(inc.last_seen)}; {explain.crossing(inc, rule, signal)}.{note} First keys: {shown}."
-        )
-        built = explain.build_alert(inc, rule, user, signal, title, " ".join(description.split()))
-        return msgspec.structs.replace(built, paths=paths)
+    def amount(count: int) -> str:
+        return f"{count * EXFIL_UNIT / (1 << 30):.1f} GiB" if weight is not None else plural(count, unit)
 
-    return RuleSpec(name, key, lambda ev: _item(ev), alert, weight)
+    def sentence(user: str, count: int, shares: list[str]) -> str:
+        return f"{user} {verb} {amount(count)} in bucket {', '.join(shares) or '?'}."
+
+    return RuleSpec(name, signal, key, _note, weight=weight, sentence=sentence, amount=amount)
 
 
 def _weighted(match: Callable[[AccessEvent], int]) -> Callable[[AccessEvent], bool]:

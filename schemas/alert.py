@@ -29,6 +29,50 @@ class Severity(enum.StrEnum):
         return self.ocsf_id
 
 
+class _Row(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A nested record stored as a ClickHouse named Tuple: the store reads it by position."""
+
+    def __getitem__(self, index: int) -> object:
+        return getattr(self, self.__struct_fields__[index])
+
+    def __len__(self) -> int:
+        return len(self.__struct_fields__)
+
+
+class Evidence(_Row):
+    """One reason behind an alert (OCSF ``evidences``), so the alert explains itself.
+
+    ``kind``: "rule" (a rule crossed its threshold: ``value`` is the real peak count in
+    ``window_s``, ``threshold`` what it had to reach), "feature" (the user's activity over
+    ``window_s`` when the incident last changed), "data" (what kind of data was hit:
+    ``long_lived``, ``churn`` (files the same user created minutes earlier), ``new``).
+    """
+
+    kind: str
+    name: str
+    value: float
+    threshold: float = 0.0
+    window_s: float = 0.0
+    rule_uid: str = ""
+    level: str = ""
+    first_seen: int = 0
+    last_seen: int = 0
+
+
+class AnomalyAnalysis(_Row):
+    """A learned baseline's view (OCSF ``anomaly_analyses``): how far ``observed`` is from normal.
+
+    ``model`` names the baseline ("ewma" online, or "iforest:user:<name>@<version>"); ``deviation``
+    is a z-score for EWMA and the IsolationForest anomaly score (higher = stranger) otherwise.
+    """
+
+    model: str
+    feature: str
+    baseline: float
+    observed: float
+    deviation: float
+
+
 class Alert(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """One finding about one user. ``uid`` is stable for an incident so that an escalation
     (high -> critical) of the same burst updates rather than duplicates it downstream."""
@@ -59,3 +103,16 @@ class Alert(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tru
     last_seen: int = 0  # time of the newest event in the evidence (0: same as detected_at)
     status: str = "open"  # open | closed (went quiet) | resolved (a person closed it)
     drill: bool = False  # raised by a self-test: stored and shown, never paged
+    evidences: list[Evidence] = []
+    anomaly_analyses: list[AnomalyAnalysis] = []
+
+
+class IncidentAction(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Who did what to an incident, and when (``dataward incident resolve ID``): the audit trail."""
+
+    uid: Annotated[str, msgspec.Meta(min_length=1)]  # the incident (alert uid)
+    time: int  # epoch ms
+    action: str  # "resolved"
+    actor: str  # who, as given or the login name
+    note: str = ""
+    version: int = 0  # the alert version this produced

@@ -86,6 +86,22 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("last_seen", "DateTime64(3, 'UTC')"),
     ("status", "LowCardinality(String)"),
     ("drill", "Bool"),
+    ("evidences", "Array(Tuple(kind LowCardinality(String), name LowCardinality(String), value Float64, "
+     "threshold Float64, window_s Float64, rule_uid String, level LowCardinality(String), "
+     "first_seen Int64, last_seen Int64))"),
+    ("anomaly_analyses", "Array(Tuple(model String, feature LowCardinality(String), baseline Float64, "
+     "observed Float64, deviation Float64))"),
+)
+
+INCIDENT_ACTIONS_TABLE = "incident_actions"
+# Who resolved (or otherwise acted on) an incident, and when: the analyst's audit trail.
+INCIDENT_ACTION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uid", "String"),
+    ("time", "DateTime64(3, 'UTC')"),
+    ("action", "LowCardinality(String)"),
+    ("actor", "String"),
+    ("note", "String"),
+    ("version", "UInt32"),
 )
 
 DEADLETTER_COLUMNS: tuple[tuple[str, str], ...] = (

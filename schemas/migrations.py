@@ -30,6 +30,8 @@ from dwcore.schemas.ddl import (
     EVENTS_TABLE,
     HEARTBEAT_COLUMNS,
     HEARTBEATS_TABLE,
+    INCIDENT_ACTION_COLUMNS,
+    INCIDENT_ACTIONS_TABLE,
     INVENTORY_COLUMNS,
     INVENTORY_TABLE,
     MIGRATIONS_TABLE,
@@ -238,6 +240,14 @@ ORDER BY {order}
 SETTINGS {_DEDUP}, ttl_only_drop_parts = 1"""
 
 
+def _v3_incident_actions(ctx: Context) -> list[str]:
+    return [f"""CREATE TABLE IF NOT EXISTS {ctx.table(INCIDENT_ACTIONS_TABLE)} (
+    {_cols(INCIDENT_ACTION_COLUMNS, {})}
+) ENGINE = MergeTree
+ORDER BY (uid, time)
+SETTINGS {_DEDUP}"""]
+
+
 def migrations_table_ddl(ctx: Context) -> list[str]:
     return [
         f"CREATE DATABASE IF NOT EXISTS `{ctx.database}`",
@@ -253,4 +263,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "skeleton: events, alerts, deadletter", _v1_skeleton),
     Migration(2, "forensics: replay positions, codecs, events_by_path, user_minute, deliveries, inventory, "
                  "heartbeats, backup_runs, custody_blocks, incident_events", _v2_forensics),
+    Migration(3, "detection: incident_actions (who resolved an incident)", _v3_incident_actions),
 )

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from dwcore.schemas.alert import Alert
+from dwcore.schemas.alert import Alert, IncidentAction
 from dwcore.schemas.ddl import (
     ALERT_COLUMNS,
     ALERTS_TABLE,
@@ -21,6 +21,8 @@ from dwcore.schemas.ddl import (
     DEADLETTER_TABLE,
     EVENT_COLUMNS,
     EVENTS_TABLE,
+    INCIDENT_ACTION_COLUMNS,
+    INCIDENT_ACTIONS_TABLE,
 )
 from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.event import AccessEvent
@@ -98,6 +100,9 @@ class StoreWriter:
 
     def insert_alerts(self, alerts: Sequence[Alert], dedup_token: str | None = None) -> int:
         return self.insert(ALERTS_TABLE, ALERT_COLUMNS, alerts, dedup_token)
+
+    def insert_incident_actions(self, actions: Sequence[IncidentAction]) -> int:
+        return self.insert(INCIDENT_ACTIONS_TABLE, INCIDENT_ACTION_COLUMNS, actions)
 
     def insert_deadletters(self, items: Sequence[DeadLetter], dedup_token: str | None = None) -> int:
         return self.insert(DEADLETTER_TABLE, DEADLETTER_COLUMNS, items, dedup_token)

@@ -19,12 +19,13 @@ import faust
 from dwcore.detectors.policy import Policy
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
-from dwcore.stream.processing import RawMessage, decode_batch, detect_user, group_by_user
+from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect_user, group_by_user
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 2_000
 BATCH_WITHIN_S = 0.1
+CLOSE_EVERY_S = 5.0  # how often quiet incidents get their closing version
 
 # The source partition of the user whose state is being written (see PinnedTable).
 _source_partition: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -107,6 +108,7 @@ def build_app(
     app.tables.add(state)
     counters = Counters()
     announced = False
+    watching: dict[str, int] = {}  # user -> source partition, while they may have an open incident
 
     @app.on_rebalance_complete.connect
     async def _on_rebalance_complete(sender: Any, **_kwargs: Any) -> None:
@@ -123,6 +125,7 @@ def build_app(
             counters.batches += 1
             counters.received += len(batch)
             partition_of: dict[str, int] = {}
+            offsets_of: dict[str, list[int]] = {}
             raw = []
             for ev in batch:
                 msg = ev.message
@@ -135,15 +138,34 @@ def build_app(
             # A user's events come from one partition (keyed by user); remember which.
             for ev, origin in zip(decoded.events, decoded.origins, strict=True):
                 partition_of.setdefault(ev.user_name, batch[origin].message.partition)
+                offsets_of.setdefault(ev.user_name, []).append(batch[origin].message.offset)
             for user, user_events in group_by_user(decoded.events).items():
-                token = _source_partition.set(partition_of.get(user, 0))
+                partition = partition_of.get(user, 0)
+                token = _source_partition.set(partition)
                 try:
-                    alerts = detect_user(state, user, user_events, policy)
+                    alerts = detect_user(state, user, user_events, policy, offsets_of[user])
                 finally:
                     _source_partition.reset(token)
+                watching[user] = partition
                 for alert in alerts:
                     counters.alerts += 1
                     await alerts_topic.send(key=alert.user.encode(), value=encode(alert))
             counters.maybe_log()
+
+    @app.timer(CLOSE_EVERY_S)
+    async def close_quiet_incidents() -> None:
+        # Users this worker saw events for (after a restart: from their next event on).
+        now = int(time.time() * 1000)
+        for user, partition in list(watching.items()):
+            token = _source_partition.set(partition)
+            try:
+                alerts, still_open = close_quiet(state, user, now, policy)
+            finally:
+                _source_partition.reset(token)
+            if not still_open:
+                watching.pop(user, None)
+            for alert in alerts:
+                counters.alerts += 1
+                await alerts_topic.send(key=alert.user.encode(), value=encode(alert))
 
     return app

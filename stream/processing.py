@@ -12,9 +12,12 @@ from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from dwcore.detectors.engine import evaluate
+import msgspec
+
+from dwcore.detectors.baseline import Scorer
+from dwcore.detectors.engine import evaluate, has_open_incident, tick
 from dwcore.detectors.policy import Policy
-from dwcore.detectors.state import StateError, decode_state, encode_state
+from dwcore.detectors.state import StateError, UserState, decode_state, encode_state
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import DecodeError, decode_event
 from dwcore.schemas.deadletter import DeadLetter
@@ -62,30 +65,83 @@ def group_by_user(events: Sequence[AccessEvent]) -> dict[str, list[AccessEvent]]
     return groups
 
 
-def detect_user(
-    state: MutableMapping[str, bytes], user: str, events: Sequence[AccessEvent], policy: Policy
-) -> list[Alert]:
-    """Run the detectors over one user's new events and write the user's state back."""
-    raw = state.get(user)
-    current = None
-    if raw:
-        try:
-            current = decode_state(raw)
-        except StateError as exc:
-            # A corrupt or older-version entry must not stop detection for everyone: start this
-            # user afresh (at worst one burst is counted from here on) and say so loudly.
-            log.error("state_reset user=%s reason=%r", user, str(exc))
-    new_state, alerts = evaluate(current, user, events, policy)
-    state[user] = encode_state(new_state)
+class _Stored(msgspec.Struct, array_like=True):
+    """A user's table entry: the detector state plus the last source offset folded into it."""
+
+    offset: int
+    state: bytes
+
+
+_stored_encoder = msgspec.msgpack.Encoder()
+_stored_decoder = msgspec.msgpack.Decoder(_Stored)
+
+
+def _load(raw: bytes | None, user: str) -> tuple[UserState | None, int]:
+    if not raw:
+        return None, -1
+    try:
+        stored = _stored_decoder.decode(raw)
+        return decode_state(stored.state), stored.offset
+    except (msgspec.DecodeError, msgspec.ValidationError, StateError) as exc:
+        # A corrupt or older-version entry must not stop detection for everyone: start this
+        # user afresh (at worst one burst is counted from here on) and say so loudly.
+        log.error("state_reset user=%s reason=%r", user, str(exc))
+        return None, -1
+
+
+def _log_alerts(alerts: Sequence[Alert]) -> None:
     for alert in alerts:
         # The one log line per alert, for both modes (detectors themselves do no I/O).
-        log.warning("alert rule=%s severity=%s user=%s files=%d observed=%g uid=%s",
-                    alert.rule, alert.severity, alert.user, alert.file_count, alert.observed, alert.uid)
+        log.warning("alert rule=%s severity=%s user=%s files=%d observed=%g version=%d status=%s uid=%s",
+                    alert.rule, alert.severity, alert.user, alert.file_count, alert.observed, alert.version,
+                    alert.status, alert.uid)
+
+
+def detect_user(
+    state: MutableMapping[str, bytes],
+    user: str,
+    events: Sequence[AccessEvent],
+    policy: Policy,
+    offsets: Sequence[int] | None = None,
+    scorer: Scorer | None = None,
+) -> list[Alert]:
+    """Run the detectors over one user's new events and write the user's state back.
+
+    ``offsets`` (the source offsets of ``events``, all from the user's one partition) make a replay
+    idempotent: after a crash between the state write and the offset commit, events at or below
+    the offset already folded into the state are skipped instead of counted twice.
+    """
+    current, done = _load(state.get(user), user)
+    last = done
+    if offsets is not None:
+        fresh = [ev for ev, off in zip(events, offsets, strict=True) if off > done]
+        if len(fresh) < len(events):
+            log.info("replay_skipped user=%s events=%d", user, len(events) - len(fresh))
+        last = max([done, *offsets])
+        events = fresh
+        if not events:
+            return []
+    new_state, alerts = evaluate(current, user, events, policy, scorer)
+    state[user] = _stored_encoder.encode(_Stored(last, encode_state(new_state)))
+    _log_alerts(alerts)
     return alerts
 
 
-def detect(state: MutableMapping[str, bytes], events: Sequence[AccessEvent], policy: Policy) -> list[Alert]:
+def close_quiet(state: MutableMapping[str, bytes], user: str, now_ms: int, policy: Policy) -> tuple[list[Alert], bool]:
+    """Closing versions for ``user``'s incidents quiet at ``now_ms``; also whether any stay open."""
+    current, done = _load(state.get(user), user)
+    if current is None or not has_open_incident(current):
+        return [], False
+    new_state, alerts = tick(current, user, now_ms, policy)
+    if alerts:
+        state[user] = _stored_encoder.encode(_Stored(done, encode_state(new_state)))
+        _log_alerts(alerts)
+    return alerts, has_open_incident(new_state)
+
+
+def detect(state: MutableMapping[str, bytes], events: Sequence[AccessEvent], policy: Policy,
+           scorer: Scorer | None = None) -> list[Alert]:
     alerts: list[Alert] = []
     for user, user_events in group_by_user(events).items():
-        alerts.extend(detect_user(state, user, user_events, policy))
+        alerts.extend(detect_user(state, user, user_events, policy, scorer=scorer))
     return alerts

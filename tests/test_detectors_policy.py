@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from dwcore.detectors.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
+from dwcore.detectors.policy import DEFAULT_POLICY_PATH, PolicyError, default_policy_files, load_policy
 from dwcore.schemas.alert import Severity
 
 
@@ -27,8 +27,12 @@ def test_default_policy_values() -> None:
     assert "attack.t1486" in rename.tags and "attack.t1485" in delete.tags
     assert rename.sample_paths == 20 and rename.falsepositives and rename.enabled
     ids = [r.id for r in policy.rules]
-    assert len(set(ids)) == len(ids) and all(uuid.UUID(i) for i in ids)
-    assert policy.sources == (DEFAULT_POLICY_PATH.as_posix(),)
+    assert len(set(ids)) == len(ids) >= 12 and all(uuid.UUID(i) for i in ids)
+    names = {r.name for r in policy.rules}
+    assert {"entropy_burst", "partial_encryption", "copy_encrypt_delete", "known_extension", "ransom_note",
+            "canary_touch", "slow_attack", "extension_storm"} <= names
+    assert policy.sources == tuple(p.as_posix() for p in default_policy_files())
+    assert policy.sources[0] == DEFAULT_POLICY_PATH.as_posix() and policy.get("s3_delete_storm")
 
 
 def test_policy_is_frozen() -> None:
@@ -53,7 +57,6 @@ def test_partial_override_file_changes_only_named_fields(tmp_path: Path) -> None
     assert rename.window_s == 10 and rename.critical_at == 100 and rename.id == default.get("mass_rename").id
     assert policy.get("bulk_delete") == default.get("bulk_delete")
     assert not policy.get("agent_alarm").enabled
-    assert [r.name for r in policy.enabled_rules()][:2] == ["mass_rename", "bulk_delete"]
     assert "agent_alarm" not in [r.name for r in policy.enabled_rules()]
     assert policy.sources[-1] == str(p)
 
@@ -71,7 +74,7 @@ def test_overrides_mapping_applies_after_the_file(tmp_path: Path) -> None:
 
 def test_empty_user_file_means_defaults(tmp_path: Path) -> None:
     assert load_policy(write(tmp_path, "# nothing to change\n")) == msgspec.structs.replace(load_policy(),
-        sources=(DEFAULT_POLICY_PATH.as_posix(), str(tmp_path / "policy.yaml")))
+        sources=(*(p.as_posix() for p in default_policy_files()), str(tmp_path / "policy.yaml")))
 
 
 @pytest.mark.parametrize(("text", "line", "problem"), [
@@ -85,43 +88,43 @@ def test_empty_user_file_means_defaults(tmp_path: Path) -> None:
        - name: mass_rename
          window_s: 10
          threshold: ten
-     """, 4, "threshold must be a whole number, got 'ten'"),
+     """, 4, "threshold: Expected `int`, got `str` (value 'ten')"),
     ("""
      rules:
        - name: bulk_delete
 
          threshold: 0
-     """, 4, "threshold must be > 0, got 0"),
+     """, 4, "threshold: Expected `int` >= 1 (value 0)"),
     ("""
      rules:
        - name: mass_rename
          level: severe
-     """, 3, "level must be one of low, medium, high, critical, got 'severe'"),
+     """, 3, "level: Invalid enum value 'severe'; one of low, medium, high, critical"),
     ("""
      rules:
        - name: mass_rename
          threshold: 2.5
-     """, 3, "threshold must be a whole number, got 2.5"),
+     """, 3, "threshold: Expected `int`, got `float` (value 2.5)"),
     ("""
      rules:
        - name: mass_rename
          enabled: "no"
-     """, 3, "enabled must be true or false"),
+     """, 3, "enabled: Expected `bool`, got `str`"),
     ("""
      rules:
        - name: mass_rename
          tags: attack.t1486
-     """, 3, "tags must be a list of non-empty strings"),
+     """, 3, "tags: Expected `array`, got `str`"),
     ("""
      rules:
        - name: mass_rename
          window_s: -1
-     """, 3, "window_s must be > 0"),
+     """, 3, "window_s: Expected `float` > 0.0 (value -1)"),
     ("""
      rules:
        - name: mass_rename
          id: not-a-uuid
-     """, 3, "id must be a UUID"),
+     """, 3, "id: Expected `str` matching regex"),
     ("""
      rules:
        - name: mass_rename
@@ -179,7 +182,76 @@ def test_missing_file_is_a_policy_error(tmp_path: Path) -> None:
 
 
 def test_bad_overrides_mapping() -> None:
-    with pytest.raises(PolicyError, match=r"<overrides>: mass_rename: threshold must be > 0"):
+    with pytest.raises(PolicyError, match=r"<overrides>: mass_rename: threshold: Expected `int` >= 1, got -3"):
         load_policy(overrides={"mass_rename": {"threshold": -3}})
     with pytest.raises(PolicyError, match="unknown rule 'nope'"):
         load_policy(overrides={"nope": {"threshold": 3}})
+
+
+def test_every_problem_in_a_file_is_reported_at_once(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+        settings:
+          high_entropy: 9
+        rules:
+          - name: mass_rename
+            threshold: 0
+            treshold: 3
+          - name: nope
+            level: severe
+        overrides:
+          - match: {path_prefix: /srv/build/}
+            rules: [bulk_delete, nope2]
+            set: {threshold: 500, colour: red}
+        allow:
+          - match: {user: backup, shoe: 1}
+            reason: backups
+    """)
+    with pytest.raises(PolicyError) as info:
+        load_policy(p)
+    lines = [(line, problem.split(":")[0]) for _, line, problem in info.value.problems]
+    assert lines == [(2, "high_entropy"), (5, "threshold"), (6, "unknown key 'treshold' (known"),
+                     (7, "unknown rule 'nope' (known"), (8, "level"), (10, "override set"), (14, "allow")]
+    assert all(f == str(p) for f, _, _ in info.value.problems)
+
+
+def test_new_rule_over_a_feature_and_overrides_and_allow(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+        groups:
+          builders: [ci, jenkins]
+        rules:
+          - id: 5b0f1c2e-8a47-4f51-9a0e-2f1f7c3c9e11
+            name: many_random_creates
+            title: Many new random files
+            level: medium
+            signal: random_creates
+            threshold: 100
+            window_s: 60
+            cooldown_s: 60
+        overrides:
+          - match: {group: builders, path_prefix: /srv/build/}
+            rules: [bulk_delete]
+            set: {threshold: 5000}
+        allow:
+          - match: {user: backup, process_exe: /usr/bin/rsync}
+            reason: nightly backup
+    """)
+    policy = load_policy(p)
+    assert policy.get("many_random_creates").signal == "random_creates"
+    assert policy.groups_of("ci") == ("builders",)
+    assert policy.overrides[0].set == {"threshold": 5000} and policy.allow[0].reason == "nightly backup"
+
+
+def test_new_rule_must_name_a_known_feature(tmp_path: Path) -> None:
+    p = write(tmp_path, """
+        rules:
+          - id: 5b0f1c2e-8a47-4f51-9a0e-2f1f7c3c9e11
+            name: bogus
+            title: Bogus
+            level: low
+            signal: nonsense
+            threshold: 1
+            window_s: 1
+            cooldown_s: 1
+    """)
+    with pytest.raises(PolicyError, match=r":6: rule 'bogus': signal must be one of"):
+        load_policy(p)

@@ -26,8 +26,9 @@ def s3(op: str, activity: Activity, ms: int, key: str = "", user: str = MALLORY,
 
 
 def fired(events, policy=None, user=MALLORY):
+    """Rule name -> the alert of the incident it fired in (a principal's findings are one incident)."""
     _, alerts = evaluate(None, user, events, policy or load_policy())
-    return {a.rule: a for a in alerts}
+    return {e.name: a for a in alerts for e in a.evidences if e.kind == "rule"}
 
 
 def test_delete_storm_counts_each_key_of_a_multi_object_delete():

@@ -4,7 +4,16 @@ from __future__ import annotations
 import pytest
 
 from dwcore.detectors import window
-from dwcore.detectors.state import Incident, Item, KeyState, StateError, UserState, decode_state, encode_state
+from dwcore.detectors.state import (
+    Counter,
+    Incident,
+    Item,
+    RuleHit,
+    StateError,
+    UserState,
+    decode_state,
+    encode_state,
+)
 
 
 def test_count_window_is_half_open() -> None:
@@ -36,10 +45,13 @@ def test_trim_drops_old_then_caps_newest() -> None:
 
 
 def test_state_roundtrip() -> None:
-    inc = Incident(uid="u", first_seen=1, last_seen=2, count=3, detected_at=2, observed=3,
-                   target="high", paths=["/a"], exts={".locked": 3})
-    ks = KeyState(max_time=2, times=[1, 2], pending=[Item(time=1, path="/a", new_ext="")], incident=inc)
-    state = UserState(rules={"mass_rename": {"": ks}})
+    inc = Incident(uid="u", first_seen=1, last_seen=2, count=3, detected_at=2, target="high", quiet_ms=60_000,
+                   paths=["/a"], exts={".locked": 3},
+                   rules={"mass_rename": RuleHit(level="high", observed=3, threshold=3, window_s=10,
+                                                 first_seen=1, last_seen=2)})
+    c = Counter(max_time=2, times=[1, 2], pending=[Item(time=1, path="/a", new_ext="")])
+    state = UserState(counters={"mass_rename": {"": c}}, incidents={"": inc})
+    state.memory.created.add("/a", 1, 1000)
     assert decode_state(encode_state(state)) == state
 
 

@@ -7,13 +7,13 @@ from dwcore.detectors.policy import load_policy
 from dwcore.schemas import Activity, encode
 from dwcore.schemas.event import make_event
 from dwcore.stream.bus import BatchBus
-from dwcore.stream.processing import RawMessage, decode_batch, detect
+from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect, detect_user
 
 
 def _renames(user: str, n: int, t0: int = 1_700_000_000_000):
     return [
         make_event(Activity.RENAME, uid=f"{user}-{i}", time=t0 + i * 10, user_name=user, device="fs1",
-                   file_path=f"/d/{i}.csv", file_new_path=f"/d/{i}.csv.locked")
+                   file_path=f"/d/{i}.csv", file_new_path=f"/d/{i}.txt")
         for i in range(n)
     ]
 
@@ -45,6 +45,30 @@ def test_state_carries_across_batches_and_users_stay_apart():
     alerts = detect(state, events[20:], policy)
     assert [(a.rule, a.user) for a in alerts] == [("mass_rename", "alice")]
     assert set(state) == {"alice", "bob"}
+
+
+def test_replayed_offsets_are_not_counted_twice():
+    # A worker died after writing alice's state but before committing offsets: the next worker
+    # gets the same events again and must neither count them twice nor re-open the incident.
+    policy = load_policy()
+    events = _renames("alice", 30)
+    state: dict[str, bytes] = {}
+    first = detect_user(state, "alice", events[:20], policy, offsets=list(range(100, 120)))
+    assert first == []
+    replay = detect_user(state, "alice", events, policy, offsets=list(range(100, 130)))
+    # 30 renames, not 50: the 20 already folded in are skipped.
+    assert [(a.rule, a.file_count, a.version) for a in replay] == [("mass_rename", 30, 1)]
+    assert detect_user(state, "alice", events, policy, offsets=list(range(100, 130))) == []
+
+
+def test_quiet_incident_gets_a_closing_version():
+    policy = load_policy()
+    state: dict[str, bytes] = {}
+    (opened,) = detect(state, _renames("alice", 30), policy)
+    assert close_quiet(state, "alice", 1_700_000_000_000 + 1_000, policy) == ([], True)
+    closed, still_open = close_quiet(state, "alice", 1_700_000_000_000 + 120_000, policy)
+    assert [(a.uid, a.status, a.version, a.file_count) for a in closed] == [(opened.uid, "closed", 2, 30)]
+    assert not still_open
 
 
 def test_corrupt_state_entry_resets_that_user_only():

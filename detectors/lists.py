@@ -1,0 +1,105 @@
+"""Name lists shipped as data: known ransomware extensions, ransom-note names and phrases.
+
+Loaded once per distinct set of policy extras and cached (a policy is immutable, so the lists are
+too). Matching is on the lower-cased base name: an extension matches at any dot of the name, so a
+list entry may itself hold dots (".7z.encrypted"); note names are globs, split into exact names (a
+set lookup) and one compiled alternation for the patterns.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+DATA_DIR = Path(__file__).parent / "data"
+MAX_EXT_LEN = 64  # longer "extensions" are names, not extensions
+
+
+def _lines(name: str) -> list[str]:
+    out = []
+    for line in (DATA_DIR / name).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+def base_name(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def extension(path: str) -> str:
+    """Lower-case last extension with its dot ('.locked'), '' if none. Works for / and \\ paths."""
+    base = base_name(path)
+    dot = base.rfind(".")
+    return base[dot:].lower() if dot > 0 and len(base) - dot <= MAX_EXT_LEN else ""
+
+
+def parent_dir(path: str) -> str:
+    p = path.replace("\\", "/")
+    cut = p.rfind("/")
+    return p[:cut] if cut > 0 else "/"
+
+
+@dataclass(frozen=True)
+class Lists:
+    extensions: frozenset[str]
+    common: frozenset[str]
+    note_names: frozenset[str]
+    note_globs: re.Pattern[str] | None
+    ext_globs: re.Pattern[str] | None  # "*.*locked"-style entries of the names list: suffixes, not notes
+    note_phrases: tuple[re.Pattern[str], ...]
+
+    def known_extension(self, path: str) -> str | None:
+        """The known ransomware extension the name ends with, if any (longest match)."""
+        base = base_name(path).lower()
+        i = base.find(".", 1)
+        while i != -1:
+            if base[i:] in self.extensions:
+                return base[i:]
+            i = base.find(".", i + 1)
+        if self.ext_globs is not None and self.ext_globs.match(base):
+            return extension(base) or base
+        return None
+
+    def is_common(self, ext: str) -> bool:
+        return ext in self.common
+
+    def is_note(self, path: str) -> bool:
+        base = base_name(path).lower()
+        if base in self.note_names:
+            return True
+        return bool(self.note_globs is not None and self.note_globs.match(base))
+
+    def note_content_score(self, text: str) -> int:
+        """How many ransom-note phrases a text holds (the agent's fast path reads small new files)."""
+        sample = text[:1024]
+        return sum(1 for rx in self.note_phrases if rx.search(sample))
+
+
+@lru_cache(maxsize=8)
+def load_lists(
+    extra_extensions: tuple[str, ...] = (),
+    extra_note_names: tuple[str, ...] = (),
+    extra_common: tuple[str, ...] = (),
+) -> Lists:
+    common = {e.lower() for line in _lines("common_extensions.txt") for e in line.split()}
+    common.update(e.lower() for e in extra_common)
+    exts = {e.lower() for e in _lines("ransomware_extensions.txt")} | {e.lower() for e in extra_extensions}
+    names: set[str] = set()
+    globs: list[str] = []
+    ext_globs: list[str] = []
+    for pattern in [*_lines("ransom_note_names.txt"), *extra_note_names]:
+        p = pattern.lower()
+        if p.startswith("*") and not p[1:2].isalnum():
+            ext_globs.append(fnmatch.translate(p))  # a pattern for what a name ends with
+        elif any(c in p for c in "*?["):
+            globs.append(fnmatch.translate(p))
+        else:
+            names.add(p)
+    rx = re.compile("|".join(f"(?:{g})" for g in globs)) if globs else None
+    erx = re.compile("|".join(f"(?:{g})" for g in ext_globs)) if ext_globs else None
+    phrases = tuple(re.compile(p, re.IGNORECASE) for p in _lines("ransom_note_content.txt"))
+    return Lists(frozenset(exts), frozenset(common), frozenset(names), rx, erx, phrases)
