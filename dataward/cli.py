@@ -263,12 +263,15 @@ def simulate_rename_cmd(
 def simulate_delete_cmd(
     directory: Annotated[Path, typer.Argument(help="A watched directory.")],
     files: Annotated[int, typer.Option("--files", "-n")] = 300,
+    prepare: Annotated[bool, typer.Option("--prepare", help="Only create the victim files (run this first; "
+                                          "deleting files just created is churn, not an attack).")] = False,
 ) -> None:
-    """Create N files in DIR/dataward-selftest and delete them (bulk-delete self-test)."""
+    """Delete the files `--prepare` created in DIR/dataward-selftest (bulk-delete self-test)."""
     from dataward.simulate import simulate_delete
 
-    n = simulate_delete(directory, files)
-    out.print(f"deleted {n} files under {directory / 'dataward-selftest'}")
+    n = simulate_delete(directory, files, prepare=prepare)
+    verb = "prepared" if prepare else "deleted"
+    out.print(f"{verb} {n} files under {directory / 'dataward-selftest'}")
 
 
 @policy_app.command("check")

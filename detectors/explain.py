@@ -52,9 +52,9 @@ def where(inc: Incident) -> str:
     return " ".join(parts)
 
 
-def top_rule(inc: Incident) -> str:
-    """The rule that speaks for the incident: highest level, then earliest."""
-    return max(inc.rules, key=lambda n: (rank(inc.rules[n].level), -inc.rules[n].first_seen))
+def top_rule(inc: Incident, order: dict[str, int]) -> str:
+    """The rule that speaks for the incident: highest level, then the one listed first in the policy."""
+    return max(inc.rules, key=lambda n: (rank(inc.rules[n].level), -order.get(n, len(order))))
 
 
 def _rule_sentence(name: str, inc: Incident, rules: dict[str, RulePolicy], signals: dict[str, str]) -> str:
@@ -89,7 +89,7 @@ def build_alert(
     status: str,
     specs: Mapping[str, RuleSpec] | None = None,
 ) -> Alert:
-    name = top_rule(inc)
+    name = top_rule(inc, {n: i for i, n in enumerate(rules)})
     rule, hit = rules[name], inc.rules[name]
     severity = Severity(inc.target)
     files = plural(inc.count, "file")

@@ -79,7 +79,7 @@ def test_distributed_attack_alert_in_clickhouse_and_no_event_missing(
 
     def alert_rows():
         return _query(sink_dir, "SELECT rule, severity, user, file_count, detected_at FROM alerts FINAL "
-                                "WHERE rule = 'mass_rename'")
+                                "WHERE arrayExists(e -> tupleElement(e, 'name') = 'mass_rename', evidences)")
 
     rows = wait_for(alert_rows, 10, interval=0.2, what="mass_rename alert in ClickHouse within 10 s")
     latency = time.time() - t_first_rename
@@ -89,7 +89,8 @@ def test_distributed_attack_alert_in_clickhouse_and_no_event_missing(
           f"{(alert_seen['t'] - t_first_rename) * 1000:.0f} ms; seen in ClickHouse by polling {latency * 1000:.0f} ms")
     assert rows[0]["severity"] in ("high", "critical")
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert any(a["rule"] == "mass_rename" and a["severity"] in ("high", "critical") for a in lines)
+    assert any(any(e["name"] == "mass_rename" for e in a["evidences"]) and a["severity"] in ("high", "critical")
+               for a in lines)
 
     # Zero events missing: every event the agent published is in ClickHouse, once.
     published = _drain(kafka_bootstrap, kafka_topics.events)

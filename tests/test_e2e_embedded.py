@@ -25,6 +25,11 @@ def _alerts(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _fired(alert, rule):
+    """The incident's alert counts ``rule`` among the rules that fired (its evidences)."""
+    return any(e["kind"] == "rule" and e["name"] == rule for e in alert.get("evidences", []))
+
+
 def test_embedded_mass_rename_alert_and_full_history(tmp_path, dataward_proc):
     watched, state, jsonl = tmp_path / "watched", tmp_path / "state", tmp_path / "alerts.jsonl"
     watched.mkdir()
@@ -40,7 +45,7 @@ def test_embedded_mass_rename_alert_and_full_history(tmp_path, dataward_proc):
     t_first_rename = time.time()
     simulate_rename(watched, 300, ".locked", show_progress=False)
     alert = wait_for(
-        lambda: next((a for a in _alerts(jsonl) if a["rule"] == "mass_rename"), None), 10, what="mass_rename alert"
+        lambda: next((a for a in _alerts(jsonl) if _fired(a, "mass_rename")), None), 10, what="mass_rename alert"
     )
     latency = time.time() - t_first_rename
     print(f"embedded: first rename -> alert in JSONL {latency * 1000:.0f} ms")
@@ -57,8 +62,9 @@ def test_embedded_mass_rename_alert_and_full_history(tmp_path, dataward_proc):
         15, interval=0.5, what="300 renames in events",
     )
     assert renames
-    rows = _query_json(state, "SELECT rule, severity FROM alerts FINAL WHERE rule = 'mass_rename'")
-    assert rows and rows[0]["severity"] == "critical"
+    rows = _query_json(state, "SELECT rule, severity, file_count FROM alerts FINAL "
+                              "WHERE arrayExists(e -> tupleElement(e, 'name') = 'mass_rename', evidences)")
+    assert rows and rows[0]["severity"] == "critical" and rows[0]["rule"] == "mass_rename"
 
     assert proc.stop() == 0
 
