@@ -13,7 +13,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.rule import Rule
 
-from bench import detect, latency, publish, store
+from bench import detect, latency, publish, store, worker
 from bench.common import Result, machine, make_console, save, setup_logging
 
 log = logging.getLogger("bench")
@@ -25,6 +25,7 @@ BENCHES: dict[str, Bench] = {
     "store": (lambda a, c: store.run(a.events, c), store.report),
     "detect": (lambda a, c: detect.run(a.events, c), detect.report),
     "latency": (lambda a, c: latency.run(a.files, a.runs, c), latency.report),
+    "worker": (lambda a, c: worker.run(min(a.events, 100_000), c), worker.report),
 }
 
 
