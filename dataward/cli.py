@@ -1,7 +1,6 @@
 """`dataward ...`: the command line. Wiring only: parse, load config, call a part, report."""
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -14,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dataward import cli_detect, cli_fileagent
+from dataward.cli_report import report_app
 from dataward.cli_s3 import s3_app
 from dataward.config import Config, ConfigError, load_config
 from dataward.logs import setup_logging
@@ -29,6 +29,7 @@ app.add_typer(sink_app, name="sink")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(topics_app, name="topics")
 app.add_typer(policy_app, name="policy")
+app.add_typer(report_app, name="report")
 agent_app.add_typer(s3_app, name="s3")
 cli_fileagent.register(agent_app)
 app.add_typer(cli_detect.rules_app, name="rules")
@@ -214,12 +215,18 @@ def topics_create(bootstrap: BootstrapOpt = None, topic_prefix: PrefixOpt = None
 def query(
     sql: Annotated[str, typer.Argument(help="Read-only SQL, e.g. \"SELECT count() FROM events\".")],
     data_dir: DataDirOpt = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json, jsonl, csv, tsv or vertical.")] = "table",
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value for {name:Type}.")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Read-only SQL against the forensic store (works while `dataward run` owns it)."""
     setup_logging("warning")
+    from dataward.report_output import FormatError, check_format
+
+    try:
+        check_format(fmt)
+    except FormatError as exc:
+        raise typer.BadParameter(str(exc)) from None
     cfg = _config(config, data_dir=data_dir)
     from dwcore.sinks.query_client import run_query
 
@@ -235,15 +242,10 @@ def query(
     except Exception as exc:  # the store's own message is the useful part for an analyst
         err.print(f"[red]query failed:[/red] {exc}")
         raise typer.Exit(1) from None
-    if fmt == "json":
-        rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows]
-        sys.stdout.write(json.dumps(rows, default=str, indent=None) + "\n")
-        return
-    table = Table(*result.columns, show_lines=False)
-    for row in result.rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    out.print(table)
-    out.print(f"{len(result.rows)} rows")
+    from dataward.report_output import show_table
+    from dwcore.sinks.reports import Table as ReportTable
+
+    show_table(out, sys.stdout, ReportTable("query", result.columns, result.rows), fmt)
 
 
 @simulate_app.command("rename")
