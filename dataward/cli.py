@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from dataward import cli_detect, cli_fileagent
 from dataward.cli_report import report_app
