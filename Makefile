@@ -28,6 +28,7 @@ attack: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m dwcore.schemas.generate --check
+	$(BIN)/python -m dataward.config_reference --check
 	$(BIN)/pytest -q -ra
 
 lint: install

@@ -281,6 +281,23 @@ def policy_check(path: Annotated[Path, typer.Argument(help="Policy YAML file.")]
     cli_detect.check_policy_file(path)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from dataward import __version__
+
+        out.print(f"dataward {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """dataward: data-layer security pipeline."""
+
+
 def main() -> None:
     app()
 

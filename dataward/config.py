@@ -8,6 +8,7 @@ Secrets (SASL password, webhook keys) come only from the environment or a file, 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from functools import cached_property
@@ -23,11 +24,11 @@ class ConfigError(ValueError):
 
 
 class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=True):
-    bootstrap: str = "127.0.0.1:9092"
+    bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port...]
     topic_prefix: str = ""  # tests use a fresh prefix per test; production leaves it empty
     partitions: int = 6  # for topics dataward creates; scale-out is by partitions
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = ""
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    sasl_mechanism: str = ""  # e.g. SCRAM-SHA-512, PLAIN; empty: no SASL
     sasl_username: str = ""
     sasl_password_file: str = ""  # the password itself only via DATAWARD_KAFKA_SASL_PASSWORD
 
@@ -49,10 +50,10 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=
 class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Empty means the embedded default: chDB in <data_dir>/chdb.
     url: str = ""
-    database: str = "dataward"
+    database: str = "dataward"  # letters, digits and _
     batch_rows: int = 10_000  # ClickHouse wants 10k-100k rows about once a second
-    flush_interval_s: float = 1.0
-    retention_days: int = 400
+    flush_interval_s: float = 1.0  # a partial batch is written after this long
+    retention_days: int = 400  # events older than this are dropped with whole parts (1..20000)
     # Per-table retention in days, overriding the defaults derived from retention_days
     # (e.g. {heartbeats: 7, alerts: 1200}); see schemas/migrations.py table_ttl_days.
     ttl_days: dict[str, int] = {}
@@ -104,9 +105,9 @@ class AuditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    data_dir: str = ".dataward"
-    policy_file: str = ""  # empty: the built-in default policy
-    alerts_jsonl: str = ""
+    data_dir: str = ".dataward"  # state: chDB store, spools, outbox, tokens (0700, owner-only files)
+    policy_file: str = ""  # detection policy YAML; empty: the built-in default policy
+    alerts_jsonl: str = ""  # also append every alert as one JSON line to this file
     kafka: KafkaConfig = KafkaConfig()
     store: StoreConfig = StoreConfig()
     query: QueryConfig = QueryConfig()
@@ -157,24 +158,44 @@ _SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "
              "content": ContentConfig, "s3": S3Config, "audit": AuditConfig}
 
 
+# DATAWARD_* variables that are not configuration keys: the config file's path, the scripts'
+# cache, and secrets (read where they are used, never from YAML).
+_NON_CONFIG_ENV = frozenset({"DATAWARD_CONFIG", "DATAWARD_CACHE"})
+_SECRET_ENV = re.compile(r"^DATAWARD_[A-Z0-9_]*(PASSWORD|SECRET|TOKEN|KEY)(_FILE)?$")
+
+
+def env_name(section: str, field: str) -> str:
+    """The environment variable that overrides a key: DATAWARD_<SECTION>_<FIELD>."""
+    return f"DATAWARD_{section}_{field}".upper() if section else f"DATAWARD_{field}".upper()
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if env.get("KAFKA_BOOTSTRAP"):
         out.setdefault("kafka", {})["bootstrap"] = env["KAFKA_BOOTSTRAP"]
     if env.get("CLICKHOUSE_URL"):
         out.setdefault("store", {})["url"] = env["CLICKHOUSE_URL"]
+    unknown: list[str] = []
     for key, value in env.items():
-        if not key.startswith("DATAWARD_") or key in ("DATAWARD_CONFIG", "DATAWARD_KAFKA_SASL_PASSWORD"):
+        if not key.startswith("DATAWARD_") or key in _NON_CONFIG_ENV or _SECRET_ENV.match(key):
             continue
         rest = key[len("DATAWARD_") :].lower()
         section, _, field = rest.partition("_")
         if section in _SECTIONS and field in _SECTIONS[section].__struct_fields__:
-            if isinstance(getattr(_SECTIONS[section](), field), list):  # lists: comma-separated
+            default = getattr(_SECTIONS[section](), field)
+            if isinstance(default, list):  # lists: comma-separated
                 out.setdefault(section, {})[field] = [v.strip() for v in value.split(",") if v.strip()]
-                continue
-            out.setdefault(section, {})[field] = value
-        elif rest in Config.__struct_fields__:
+            elif isinstance(default, dict):
+                unknown.append(f"{key} (a mapping: set it in the config file)")
+            else:
+                out.setdefault(section, {})[field] = value
+        elif rest in Config.__struct_fields__ and rest not in _SECTIONS:
             out[rest] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        # A typo must not silently fall back to a default (docs/config.md lists every variable).
+        raise ConfigError(f"unknown environment variable(s): {', '.join(sorted(unknown))}; see docs/config.md")
     return out
 
 

@@ -42,3 +42,34 @@ def test_secrets_come_from_env_or_file_never_yaml(tmp_path, monkeypatch):
     cfg_file.write_text("kafka:\n  sasl_password: nope\n")
     with pytest.raises(ConfigError):
         load_config(cfg_file, env={})
+
+
+def test_mistyped_environment_variable_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="DATAWARD_KAFKA_BOOTSTRAPP"):
+        load_config(env={"DATAWARD_KAFKA_BOOTSTRAPP": "typo:9092"})
+    with pytest.raises(ConfigError, match="DATAWARD_NOSUCHSECTION_X"):
+        load_config(env={"DATAWARD_NOSUCHSECTION_X": "1"})
+
+
+def test_secrets_and_non_config_variables_are_not_mistaken_for_typos():
+    cfg = load_config(env={"DATAWARD_KAFKA_SASL_PASSWORD": "s3cret", "DATAWARD_CACHE": "/tmp/c",
+                           "DATAWARD_ALERTS_ONCALL_SECRET_FILE": "/run/secret", "DATAWARD_DATA_DIR": "/srv/dw"})
+    assert cfg.data_dir == "/srv/dw"
+
+
+def test_config_reference_is_generated_from_the_code():
+    """docs/config.md lists every key with its default and variable; it must match the code."""
+    from dataward.config_reference import DOC, render
+
+    text = render()
+    assert DOC.read_text() == text, "run: python -m dataward.config_reference"
+    for key in ("`kafka.bootstrap`", "`DATAWARD_STORE_BATCH_ROWS`", "`store.retention_days`"):
+        assert key in text
+
+
+def test_version_flag_prints_the_version():
+    from dataward import __version__
+    from tests.procs import run_cli
+
+    res = run_cli("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"dataward {__version__}"
