@@ -5,7 +5,7 @@ WATCH ?= demo-data
 STATE ?= .dataward
 BIN := $(VENV)/bin
 
-.PHONY: install run attack test lint bench kafka-start kafka-stop clean
+.PHONY: install run attack test lint typecheck bench kafka-start kafka-stop clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,17 @@ attack: install
 ## The whole test suite, against a real Kafka broker (started by the tests via scripts/kafka).
 test: install
 	$(BIN)/ruff check .
+	MYPY=$(BIN)/mypy scripts/typecheck
 	$(BIN)/python -m dwcore.schemas.generate --check
 	$(BIN)/python -m dataward.config_reference --check
 	$(BIN)/pytest -q -ra
 
 lint: install
 	$(BIN)/ruff check .
+
+## mypy over schemas/, detectors/, stream/ and dataward/ (lenient config in pyproject.toml).
+typecheck: install
+	MYPY=$(BIN)/mypy scripts/typecheck
 
 bench: install
 	$(BIN)/python -m bench.run_all

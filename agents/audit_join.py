@@ -33,7 +33,7 @@ _PER_PATH = 8
 class AuditSource:
     """A log follower and the parser for its format."""
 
-    def __init__(self, name: str, follower, parser) -> None:  # noqa: ANN001 - duck-typed pair
+    def __init__(self, name: str, follower, parser) -> None:  # duck-typed pair
         self.name = name
         self.follower = follower
         self.parser = parser

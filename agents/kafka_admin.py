@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from dwcore.logfmt import kv
+
 log = logging.getLogger(__name__)
 
 
@@ -35,5 +37,5 @@ def ensure_topics(client_config: Mapping[str, str], names: list[str], partitions
                 continue
             raise
     if created:
-        log.info("topics_created names=%s partitions=%d", ",".join(created), partitions)
+        log.info("topics_created %s", kv(names=",".join(created), partitions=partitions))
     return created

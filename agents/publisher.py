@@ -76,7 +76,7 @@ class KafkaPublisher:
                                               "client.id": f"dataward-agent-{device}"}
         conf.update(producer_overrides or {})
         # librdkafka's own log lines go through logging, not straight to stderr.
-        self._producer = Producer(conf, logger=logging.getLogger("dwcore.agents.librdkafka"))
+        self._producer = Producer(conf, logger=logging.getLogger(f"{__name__}.librdkafka"))
         limit = int(conf.get("message.max.bytes", 1_000_000))
         self._deadletter_raw_max = max(256, min(DEADLETTER_RAW_MAX, (limit - 2048) * 3 // 4))
         self._budget_s = produce_budget_s
@@ -96,7 +96,7 @@ class KafkaPublisher:
                           "spool_full": 0}
         replay = self._spool.pending
         if replay:
-            log.info("spool_replay topic=%s pending=%d", topic, replay)
+            log.info("spool_replay %s", kv(topic=topic, pending=replay))
         self._stop = threading.Event()
         self._service = threading.Thread(target=self._service_loop, name="dw-publisher", daemon=True)
         self._service.start()

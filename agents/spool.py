@@ -19,6 +19,8 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from dwcore.logfmt import kv
+
 log = logging.getLogger(__name__)
 
 RecordId = tuple[int, int]  # (segment number, index in segment); ordered like the log
@@ -42,7 +44,7 @@ class SpoolFullError(SpoolError):
 
 
 class _Segment:
-    __slots__ = ("acked", "ack_fd", "n_acked", "number", "offsets", "path", "sealed", "size")
+    __slots__ = ("ack_fd", "acked", "n_acked", "number", "offsets", "path", "sealed", "size")
 
     def __init__(self, number: int, path: Path) -> None:
         self.number = number
@@ -96,8 +98,7 @@ class Spool:
             self._maybe_delete(seg)
         self._next_number = (numbers[-1] + 1) if numbers else 1
         if self.pending:
-            log.info("spool_opened dir=%s segments=%d pending=%d", self.directory, len(self._segments),
-                     self.pending)
+            log.info("spool_opened %s", kv(dir=self.directory, segments=len(self._segments), pending=self.pending))
 
     def _scan(self, seg: _Segment) -> None:
         data = seg.path.read_bytes()
@@ -114,8 +115,8 @@ class Spool:
         if pos < end:
             # A crash mid-write leaves a partial record; what precedes it is intact (crc-checked).
             self.counters["torn"] += 1
-            log.warning("spool_torn_record segment=%s offset=%d dropped_bytes=%d records_kept=%d",
-                        seg.path.name, pos, end - pos, len(seg.offsets))
+            log.warning("spool_torn_record %s", kv(segment=seg.path.name, offset=pos, dropped_bytes=end - pos,
+                                                   records_kept=len(seg.offsets)))
             with open(seg.path, "r+b") as f:
                 f.truncate(pos)
                 os.fsync(f.fileno())
@@ -156,7 +157,7 @@ class Spool:
                 os.ftruncate(fd, start)
                 os.lseek(fd, start, os.SEEK_SET)
             except OSError:
-                log.exception("spool_rollback_failed segment=%s offset=%d", seg.path.name, start)
+                log.exception("spool_rollback_failed %s", kv(segment=seg.path.name, offset=start))
             if exc.errno in _NO_SPACE:
                 self.counters["full"] += 1
                 raise SpoolFullError(f"spool disk full in {self.directory}: {exc.strerror}") from exc

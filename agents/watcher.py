@@ -53,7 +53,7 @@ def agent_user() -> str:
         return str(uid)
 
 
-def _overflow_observer(on_overflow: Callable[[], None]):  # noqa: ANN202 - platform-specific class
+def _overflow_observer(on_overflow: Callable[[], None]):  # platform-specific class
     """An inotify observer that reports kernel queue overflows to ``on_overflow``.
 
     watchdog 7.1 logs the overflow and repairs its recursive watches, but offers no public hook,

@@ -148,7 +148,7 @@ def run(events: int, console: Console) -> list[Result]:
         for topic, future in admin.delete_topics([base_topic, pub_topic], operation_timeout=30).items():
             try:
                 future.result(timeout=60)
-            except Exception as exc:  # noqa: BLE001 - clean-up is best effort
+            except Exception as exc:  # clean-up is best effort
                 log.warning("topic_delete_failed topic=%s error=%s", topic, exc)
 
     def extra(enq: float, ack: float) -> dict[str, float | int | str]:

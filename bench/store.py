@@ -110,11 +110,11 @@ def run(events: int, console: Console) -> list[Result]:
         store = Store.open(f"chdb://{Path(tmp) / 'chdb'}", DB)
         try:
             store.writer.ensure_schema()
-            client = store._backend._client  # noqa: SLF001 - the baseline needs the raw driver
+            client = store._backend._client  # the baseline needs the raw driver
             for stmt in landing_ddl():
                 client.command(stmt)
             # Warm both paths (driver types, engine caches) on a scratch database, outside the timing.
-            warm = Store(store._backend, WARM_DB, store.retention_days, store.label)  # noqa: SLF001
+            warm = Store(store._backend, WARM_DB, store.retention_days, store.label)
             warm.writer.ensure_schema()
             for stmt in landing_ddl(WARM_DB):
                 client.command(stmt)

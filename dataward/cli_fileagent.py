@@ -40,6 +40,7 @@ def audit_parse(
 
     from dwcore.agents import audit_auditd, audit_samba
 
+    parser: audit_auditd.AuditdParser | audit_samba.SambaParser
     if fmt == "auditd":
         parser = audit_auditd.AuditdParser()
     elif fmt == "samba":
@@ -47,7 +48,7 @@ def audit_parse(
     else:
         err.print(f"[red]--format must be auditd or samba, not {fmt!r}[/red]")
         raise typer.Exit(2)
-    stream = sys.stdin.buffer if str(file) == "-" else open(file, "rb")  # noqa: SIM115
+    stream = sys.stdin.buffer if str(file) == "-" else open(file, "rb")
     enc = msgspec.json.Encoder()
     write = sys.stdout.buffer.write
     n = 0
@@ -67,7 +68,7 @@ def audit_parse(
               f"{c['lines']} lines", highlight=False)
 
 
-def _rejects(parser) -> None:  # noqa: ANN001
+def _rejects(parser) -> None:
     for rej in parser.rejected:
         where = f"line {rej.line}" if rej.line else "end of log"
         err.print(f"rejected {where}: {rej.reason}" + (f": {rej.text}" if rej.text else ""),

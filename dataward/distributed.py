@@ -154,7 +154,7 @@ def _run_sink(config: Config, topics: Topics, stop: threading.Event, ready: Call
                     ready()
 
         def on_assign(cons: Consumer, parts: list[TopicPartition]) -> None:
-            log.info("partitions_assigned count=%d", len(parts))
+            log.info("partitions_assigned %s", kv(count=len(parts)))
             signal_ready()
 
         consumer.subscribe([topics.events, topics.alerts, topics.deadletter], on_assign=on_assign)

@@ -19,6 +19,7 @@ from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.pipeline import chain
 from dwcore.agents.watcher import FileWatcher
 from dwcore.detectors.policy import Policy
+from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.ddl import ALERTS_TABLE, EVENTS_TABLE
 from dwcore.schemas.event import AccessEvent
@@ -98,8 +99,8 @@ class EmbeddedPipeline:
             ensure_queue_size()  # a fast writer must not overflow the kernel queue unnoticed
         self._watcher = FileWatcher(self.watch, self.config.device, chain(build_stages(self.config), self.bus.publish))
         self._watcher.start()
-        log.info("embedded_started watch=%s data_dir=%s query=%s", ",".join(self.watch),
-                 self.config.data_dir, self.query_url)
+        log.info("embedded_started %s",
+                 kv(watch=",".join(self.watch), data_dir=self.config.data_dir, query=self.query_url))
 
     @property
     def query_url(self) -> str:
@@ -140,7 +141,7 @@ class EmbeddedPipeline:
                 self._emit_alert(alert)
         except Exception:
             # A bug in one batch's detection must not stop the history: keep recording events.
-            log.exception("detect_failed events=%d", len(events))
+            log.exception("detect_failed %s", kv(events=len(events)))
         self._batcher.add_many(events)
         self.events_processed += len(events)
 
@@ -152,7 +153,7 @@ class EmbeddedPipeline:
             try:
                 self.on_alert(alert)
             except Exception:
-                log.exception("on_alert_failed uid=%s", alert.uid)
+                log.exception("on_alert_failed %s", kv(uid=alert.uid))
         if self._jsonl:
             self._jsonl.write(alert)
         try:
@@ -184,4 +185,4 @@ class EmbeddedPipeline:
             self._store.close()
         if self._lock:
             self._lock.release()
-        log.info("embedded_stopped events=%d alerts=%d", self.events_processed, self.alerts_raised)
+        log.info("embedded_stopped %s", kv(events=self.events_processed, alerts=self.alerts_raised))

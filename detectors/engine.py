@@ -70,7 +70,7 @@ def _compile_uncached(policy: Policy) -> _Compiled:
     return _Compiled(tuple(active), rules, signals, {s.name: s for s, _ in active})
 
 
-def _lists(policy: Policy):  # noqa: ANN202 - cached Lists
+def _lists(policy: Policy):
     s = policy.settings
     return load_lists(s.extra_extensions, s.extra_note_names, s.extra_common_extensions)
 

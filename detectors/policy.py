@@ -70,11 +70,11 @@ class RulePolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     @property
     def window_ms(self) -> int:
-        return int(round(self.window_s * 1000))
+        return round(self.window_s * 1000)
 
     @property
     def cooldown_ms(self) -> int:
-        return int(round(self.cooldown_s * 1000))
+        return round(self.cooldown_s * 1000)
 
     @property
     def cap(self) -> int:

@@ -21,7 +21,7 @@ class Backoff:
         initial_s: float = 0.2,
         max_s: float = 30.0,
         *,
-        rand: Callable[[], float] = random.random,  # noqa: S311 - jitter, not cryptography
+        rand: Callable[[], float] = random.random,  # jitter, not cryptography
     ) -> None:
         if initial_s <= 0 or max_s < initial_s:
             raise ValueError("need 0 < initial_s <= max_s")

@@ -14,9 +14,12 @@ _PLAIN = re.compile(r'^[^\s"=\\\x00-\x1f\x7f]+$')
 
 
 def value(v: Any) -> str:
-    text = v if isinstance(v, str) else ("" if v is None else str(v))
-    if isinstance(v, float):
+    if isinstance(v, str):
+        text = str.__str__(v)  # the plain text, also for str-based enums
+    elif isinstance(v, float):
         text = f"{v:g}"
+    else:
+        text = "" if v is None else str(v)
     if _PLAIN.match(text):
         return text
     return json.dumps(text, ensure_ascii=False)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from dwcore.backoff import Backoff
+from dwcore.logfmt import kv
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -155,15 +156,13 @@ class Batcher(Generic[T]):
                 return 0
             try:
                 self._sink(batch)
-            except Exception as exc:  # noqa: BLE001 - the kind decides what happens next
+            except Exception as exc:  # the kind decides what happens next
                 if self._is_retriable(exc):
                     delay = self._backoff.next()
                     self._retry_at = self._now() + delay
                     self.counters["retries"] += 1
-                    log.warning(
-                        "flush_retry batcher=%s rows=%d backoff_s=%.2f error=%s",
-                        self.name, len(batch), delay, exc,
-                    )
+                    log.warning("flush_retry %s",
+                                kv(batcher=self.name, rows=len(batch), backoff_s=f"{delay:.2f}", error=exc))
                     return -1
                 self.counters["permanent_errors"] += 1
                 self._drop_head(len(batch))
@@ -172,10 +171,7 @@ class Batcher(Generic[T]):
                 if self._on_permanent is not None:
                     self._on_permanent(batch, exc)
                 else:
-                    log.error(
-                        "flush_failed_permanent batcher=%s rows_dropped=%d error=%s",
-                        self.name, len(batch), exc,
-                    )
+                    log.error("flush_failed_permanent %s", kv(batcher=self.name, rows_dropped=len(batch), error=exc))
                 return len(batch)
             self._drop_head(len(batch))
             self._retry_at = None
@@ -196,8 +192,8 @@ class Batcher(Generic[T]):
             while not self._stop.wait(tick_s):
                 try:
                     self.poll()
-                except Exception:  # noqa: BLE001 - keep the timer alive; on_permanent may raise
-                    log.exception("poll_failed batcher=%s", self.name)
+                except Exception:  # keep the timer alive; on_permanent may raise
+                    log.exception("poll_failed %s", kv(batcher=self.name))
 
         self._timer = threading.Thread(target=run, name=f"{self.name}-timer", daemon=True)
         self._timer.start()
@@ -210,5 +206,5 @@ class Batcher(Generic[T]):
             self._timer = None
         ok = self.flush(timeout_s)
         if not ok:
-            log.error("close_incomplete batcher=%s rows_pending=%d", self.name, self.pending)
+            log.error("close_incomplete %s", kv(batcher=self.name, rows_pending=self.pending))
         return ok

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from dwcore.logfmt import kv
 from dwcore.sinks.errors import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,8 @@ class _ClientWriter:
     def close(self) -> None:
         try:
             self._client.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            log.debug("close_failed backend=%s", self._label, exc_info=True)
+        except Exception:  # closing is best effort
+            log.debug("close_failed %s", kv(backend=self._label), exc_info=True)
 
 
 class ChdbBackend(_ClientWriter):
@@ -150,8 +151,8 @@ class ChdbBackend(_ClientWriter):
             if database:
                 try:
                     conn.query(f"USE `{database}`")
-                except Exception:  # noqa: BLE001 - before ensure_schema; stay on default
-                    log.debug("use_database_failed database=%s", database)
+                except Exception:  # before ensure_schema; stay on default
+                    log.debug("use_database_failed %s", kv(database=database))
             conn.query(setting_sql("session_timezone", "UTC"))
             for name, value in settings.items():
                 conn.query(setting_sql(name, value))
@@ -196,8 +197,8 @@ class ServerBackend(_ClientWriter):
         super().close()
         try:
             self._reader.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            log.debug("close_failed backend=%s", self._dsn_label, exc_info=True)
+        except Exception:  # closing is best effort
+            log.debug("close_failed %s", kv(backend=self._dsn_label), exc_info=True)
 
 
 _UNESCAPE = {"t": "\t", "n": "\n", "r": "\r", "0": "\0", "b": "\b", "f": "\f", "\\": "\\", "'": "'"}

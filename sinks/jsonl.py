@@ -33,7 +33,7 @@ class AlertJsonlWriter:
             self._file = sys.stdout.buffer
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - lives as long as the writer
+            self._file = open(self.path, "ab")  # lives as long as the writer
         self.written = 0
 
     def write(self, alert: Alert) -> None:

@@ -125,7 +125,7 @@ class ClickHouseSink:
             except StoreUnavailable as exc:
                 self.counters.retries += 1
                 delay = self.backoff.next()
-                log.warning("insert_retry what=%s backoff_s=%.2f error=%s", what, delay, exc)
+                log.warning("insert_retry %s", kv(what=what, backoff_s=f"{delay:.2f}", error=exc))
                 if self.stop.wait(delay):
                     return None
                 continue
@@ -146,7 +146,7 @@ class ClickHouseSink:
                 # Permanent: the store refuses these rows (e.g. a value out of a column's range).
                 # Keep them whole in the dead-letter table rather than block the partition.
                 self.counters.errors += 1
-                log.error("insert_refused token=%s rows=%d error=%s", token, len(good), exc)
+                log.error("insert_refused %s", kv(token=token, rows=len(good), error=exc))
                 now = _now_ms()
                 bad = [_deadletter(m, f"store refused batch: {exc}", now) for m in msgs]
                 good, done = [], 0
@@ -178,7 +178,7 @@ class ClickHouseSink:
                 if err.fatal():
                     raise KafkaException(err)
                 self.counters.errors += 1
-                log.warning("consume_error error=%s", err)
+                log.warning("consume_error %s", kv(error=err))
                 continue
             groups.setdefault((msg.topic(), msg.partition()), []).append(msg)
             self.counters.received += 1

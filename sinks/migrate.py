@@ -115,6 +115,6 @@ def schema_version(rows: Rows, database: str) -> int:
     ctx = Context(database, {})
     try:
         found = rows(f"SELECT max(version) FROM {ctx.table(MIGRATIONS_TABLE)}", {})  # noqa: S608
-    except Exception:  # noqa: BLE001 - no migrations table yet
+    except Exception:  # no migrations table yet
         return 0
     return int(found[0][0]) if found else 0

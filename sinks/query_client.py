@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
+from dwcore.logfmt import kv
 from dwcore.sinks.errors import StoreError, StoreUnavailable
 from dwcore.sinks.store import Store
 from dwcore.sinks.store_reader import QueryResult, param_text, parse_json_compact
@@ -38,7 +39,7 @@ def endpoint_url(addr_file: Path) -> str | None:
         with urllib.request.urlopen(f"{url}/ping", timeout=PING_TIMEOUT_S) as resp:  # noqa: S310 - http only
             return url if resp.status == 200 and resp.read().startswith(b"Ok.") else None
     except (OSError, urllib.error.URLError):
-        log.debug("query_endpoint_stale url=%s", url)
+        log.debug("query_endpoint_stale %s", kv(url=url))
         return None
 
 
@@ -84,7 +85,7 @@ def run_query(
             return store.reader.query(sql, parameters)
     url = endpoint_url(addr_file)
     if url is not None:
-        log.debug("query_via endpoint=%s", url)
+        log.debug("query_via %s", kv(endpoint=url))
         return query_endpoint(url, sql, parameters, database)
     path = Path(dsn[len("chdb://") :])
     if not path.is_dir():

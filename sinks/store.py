@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
+from dwcore.logfmt import kv
 from dwcore.sinks.chbackend import open_backend, redact_dsn
 from dwcore.sinks.errors import StoreError, StoreFailure, StoreUnavailable
 from dwcore.sinks.store_reader import IDENT, QueryResult, StoreReader
@@ -45,7 +46,7 @@ class Store:
         cls, dsn: str, database: str = "dataward", retention_days: int = 400, ttl_days: Mapping[str, int] | None = None
     ) -> Store:
         store = cls(dsn, database, retention_days, ttl_days)
-        log.info("store_opened store=%s database=%s", store.label, database)
+        log.info("store_opened %s", kv(store=store.label, database=database))
         return store
 
     def close(self) -> None:
@@ -54,7 +55,7 @@ class Store:
                 return
             self._closed = True
         self._backend.close()
-        log.info("store_closed store=%s", self.label)
+        log.info("store_closed %s", kv(store=self.label))
 
     def __enter__(self) -> Store:
         return self
@@ -86,6 +87,6 @@ def open_when_available(
             return store
         except StoreUnavailable as exc:
             delay = backoff()
-            log.warning("store_unavailable backoff_s=%.1f error=%s", delay, exc)
+            log.warning("store_unavailable %s", kv(backoff_s=f"{delay:.1f}", error=exc))
             if wait(delay):
                 return None

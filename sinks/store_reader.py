@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from dwcore.logfmt import kv
 from dwcore.sinks.chbackend import Backend
 from dwcore.sinks.errors import StoreError
 
@@ -143,7 +144,7 @@ class StoreReader:
         allowed = {k: str(v) for k, v in (settings or {}).items() if k in READ_SETTINGS_ALLOWLIST}
         dropped = set(settings or {}) - set(allowed)
         if dropped:
-            log.debug("settings_ignored names=%s", ",".join(sorted(dropped)))
+            log.debug("settings_ignored %s", kv(names=",".join(sorted(dropped))))
         allowed.update(_internal or {})
         db = database if database and IDENT.match(database) else self.database
         return self._backend.read(sql, fmt, params, allowed, db)

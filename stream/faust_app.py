@@ -17,6 +17,7 @@ from typing import Any
 import faust
 
 from dwcore.detectors.policy import Policy
+from dwcore.logfmt import kv
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
 from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect_user, group_by_user
@@ -60,10 +61,8 @@ class Counters:
         now = time.monotonic()
         if now - self._last_log >= 10:
             self._last_log = now
-            log.info(
-                "worker_counters received=%d deadlettered=%d alerts=%d batches=%d",
-                self.received, self.deadlettered, self.alerts, self.batches,
-            )
+            log.info("worker_counters %s", kv(received=self.received, deadlettered=self.deadlettered,
+                                              alerts=self.alerts, batches=self.batches))
 
 
 def build_app(
@@ -110,18 +109,18 @@ def build_app(
     announced = False
     watching: dict[str, int] = {}  # user -> source partition, while they may have an open incident
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a signal kwarg
     async def _on_rebalance_complete(sender: Any, **_kwargs: Any) -> None:
         # Assigned and state recovered: from now on events are processed.
         nonlocal announced
-        log.info("worker_assigned partitions=%d", len(app.assignor.assigned_actives()))
+        log.info("worker_assigned %s", kv(partitions=len(app.assignor.assigned_actives())))
         if ready and not announced:
             announced = True
             ready()
 
     @app.agent(events_topic, name="detect")
     async def detect_processor(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):  # type: ignore[attr-defined]
             counters.batches += 1
             counters.received += len(batch)
             partition_of: dict[str, int] = {}
@@ -133,7 +132,7 @@ def build_app(
             decoded = decode_batch(raw, now_ms=int(time.time() * 1000))
             for dl in decoded.deadletters:
                 counters.deadlettered += 1
-                log.warning("deadletter source=%s reason=%r", dl.source, dl.reason[:300])
+                log.warning("deadletter %s", kv(source=dl.source, reason=dl.reason[:300]))
                 await deadletter_topic.send(key=dl.key, value=encode(dl))
             # A user's events come from one partition (keyed by user); remember which.
             for ev, origin in zip(decoded.events, decoded.origins, strict=True):

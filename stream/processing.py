@@ -18,6 +18,7 @@ from dwcore.detectors.baseline import Scorer
 from dwcore.detectors.engine import evaluate, has_open_incident, tick
 from dwcore.detectors.policy import Policy
 from dwcore.detectors.state import StateError, UserState, decode_state, encode_state
+from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import DecodeError, decode_event
 from dwcore.schemas.deadletter import DeadLetter
@@ -85,16 +86,16 @@ def _load(raw: bytes | None, user: str) -> tuple[UserState | None, int]:
     except (msgspec.DecodeError, msgspec.ValidationError, StateError) as exc:
         # A corrupt or older-version entry must not stop detection for everyone: start this
         # user afresh (at worst one burst is counted from here on) and say so loudly.
-        log.error("state_reset user=%s reason=%r", user, str(exc))
+        log.error("state_reset %s", kv(user=user, reason=str(exc)))
         return None, -1
 
 
 def _log_alerts(alerts: Sequence[Alert]) -> None:
     for alert in alerts:
         # The one log line per alert, for both modes (detectors themselves do no I/O).
-        log.warning("alert rule=%s severity=%s user=%s files=%d observed=%g version=%d status=%s uid=%s",
-                    alert.rule, alert.severity, alert.user, alert.file_count, alert.observed, alert.version,
-                    alert.status, alert.uid)
+        log.warning("alert %s", kv(rule=alert.rule, severity=alert.severity, user=alert.user,
+                                   files=alert.file_count, observed=alert.observed, version=alert.version,
+                                   status=alert.status, uid=alert.uid))
 
 
 def detect_user(
@@ -116,7 +117,7 @@ def detect_user(
     if offsets is not None:
         fresh = [ev for ev, off in zip(events, offsets, strict=True) if off > done]
         if len(fresh) < len(events):
-            log.info("replay_skipped user=%s events=%d", user, len(events) - len(fresh))
+            log.info("replay_skipped %s", kv(user=user, events=len(events) - len(fresh)))
         last = max([done, *offsets])
         events = fresh
         if not events:

@@ -17,7 +17,7 @@ class DatawardProcess:
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.log_path = log_path
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "w")  # closed in stop()
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dataward.cli", *args],

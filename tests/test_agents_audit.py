@@ -26,7 +26,7 @@ def _auditd() -> tuple[list[AuditRecord], AuditdParser]:
 
 
 def test_auditd_joins_interleaved_records_of_one_event() -> None:
-    records, parser = _auditd()
+    records, _parser = _auditd()
     by_id = {r.event_id: r for r in records}
     ren = by_id["501"]
     # relative hex-encoded names (with a space) are joined with the CWD record
@@ -124,7 +124,7 @@ def test_follower_reads_across_rename_rotation_and_copytruncate(tmp_path: Path) 
     f.close()
 
 
-def _ev(activity: Activity, path: str, t: int, new: str | None = None):  # noqa: ANN202
+def _ev(activity: Activity, path: str, t: int, new: str | None = None):
     return make_event(activity, uid=f"u{t}{path}", time=t, user_name="owner", device="fs1", file_path=path,
                       file_new_path=new)
 

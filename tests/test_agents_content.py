@@ -117,7 +117,7 @@ def _png() -> bytes:
         (lambda tp: rand(4096), "unknown"),
     ],
 )
-def test_magic_type_of_real_content(tmp_path: Path, make, kind: str) -> None:  # noqa: ANN001
+def test_magic_type_of_real_content(tmp_path: Path, make, kind: str) -> None:
     data = make(tmp_path)
     assert magic_type(data[:4096], data[-4096:], len(data)) == kind
 
@@ -183,7 +183,7 @@ def _sparse(data: bytes, every: int = 512, block: int = 16) -> bytes:
         (_sparse, "intermittent"),
     ],
 )
-def test_partial_encryption_of_text_files_is_flagged(tmp_path: Path, size: int, attack, expected: str) -> None:  # noqa: ANN001
+def test_partial_encryption_of_text_files_is_flagged(tmp_path: Path, size: int, attack, expected: str) -> None:
     path = tmp_path / "train.csv"
     original = TEXT[:size]
     path.write_bytes(original)
@@ -217,7 +217,7 @@ def test_sparse_encryption_of_three_percent_in_a_large_file(tmp_path: Path) -> N
         lambda d: rand(len(d)),  # whole-file encryption: entropy says it, not "partial"
     ],
 )
-def test_ordinary_rewrites_are_not_partial_encryption(tmp_path: Path, edit) -> None:  # noqa: ANN001
+def test_ordinary_rewrites_are_not_partial_encryption(tmp_path: Path, edit) -> None:
     path = tmp_path / "t.csv"
     path.write_bytes(TEXT)
     sampler = ContentSampler()

@@ -14,7 +14,7 @@ from tests.test_agents_watcher import Sink, wait_for
 TEXT = "".join(f"{i},alice,{i * 3},an ordinary line of a training set\n" for i in range(400)).encode()
 
 
-def _signals(sink: Sink, path: Path, pred) -> list[AccessEvent]:  # noqa: ANN001
+def _signals(sink: Sink, path: Path, pred) -> list[AccessEvent]:
     return [e for e in sink.events if e.file_path == str(path) and pred(e)]
 
 
@@ -76,7 +76,7 @@ def test_rename_over_a_sampled_file_compares_with_what_it_replaced(tmp_path: Pat
 def test_a_failing_stage_never_costs_an_event() -> None:
     got: list[AccessEvent] = []
 
-    def broken(batch):  # noqa: ANN001, ANN202
+    def broken(batch):
         raise RuntimeError("boom")
 
     from dwcore.schemas.event import make_event

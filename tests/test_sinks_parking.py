@@ -44,7 +44,7 @@ def test_refused_rows_go_to_deadletter_with_the_reason(store, tmp_path):
     bad = ev(1, file_size=-5)  # out of UInt64's range: the store refuses it for good
     try:
         store.writer.insert_events([bad])
-    except Exception as exc:  # noqa: BLE001 - the real refusal, handed to the policy
+    except Exception as exc:  # the real refusal, handed to the policy
         keeper.failed(EVENTS_TABLE, [bad], exc)
     else:
         pytest.fail("the store took an out-of-range value")

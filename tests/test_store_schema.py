@@ -61,7 +61,7 @@ def test_upgrade_from_skeleton_keeps_history_and_backfills(store):
         if statement.strip():
             # (its TTL widened: the test's history is from 2023)
             sql = statement.replace("{db}", "dataward").replace("INTERVAL 400 DAY", f"INTERVAL {RETENTION} DAY")
-            store._backend.command(sql.rstrip(";"))  # noqa: SLF001
+            store._backend.command(sql.rstrip(";"))
     old = [ev(i) for i in range(5)] + [ev(9, activity=Activity.RENAME, path="/srv/train/x.csv")]
     store.writer.insert_events(old)
     assert "schema_migrations" not in tables(store)
@@ -103,7 +103,7 @@ def test_retention_per_table_follows_configuration(tmp_path):
 
 def test_a_column_the_table_lacks_is_added_at_start(store):
     store.writer.ensure_schema()
-    store._backend.command("ALTER TABLE dataward.events DROP COLUMN config_change")  # noqa: SLF001
+    store._backend.command("ALTER TABLE dataward.events DROP COLUMN config_change")
     store.writer.ensure_schema()
     store.writer.insert_events([ev(1, config_change="versioning:Suspended")])
     assert store.reader.query("SELECT config_change FROM events").rows == [["versioning:Suspended"]]
