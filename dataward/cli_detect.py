@@ -4,11 +4,14 @@ from __future__ import annotations
 import getpass
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from dwcore.schemas.alert import Alert
 
 rules_app = typer.Typer(no_args_is_help=True, help="Detection rules (policy YAML).")
 incident_app = typer.Typer(no_args_is_help=True, help="Incidents: the alerts of one user's activity.")
@@ -102,7 +105,7 @@ def incident_resolve(
     out.print(f"incident {uid} resolved by {actor} (version {resolved.version})")
 
 
-def _alert_from_row(row: dict) -> object:
+def _alert_from_row(row: dict) -> Alert:
     """An Alert from a row of the alerts table (times come back as text or datetimes)."""
     import msgspec
 

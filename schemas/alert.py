@@ -39,7 +39,7 @@ class _Row(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
         return len(self.__struct_fields__)
 
 
-class Evidence(_Row):
+class Evidence(_Row, frozen=True):
     """One reason behind an alert (OCSF ``evidences``), so the alert explains itself.
 
     ``kind``: "rule" (a rule crossed its threshold: ``value`` is the real peak count in
@@ -59,7 +59,7 @@ class Evidence(_Row):
     last_seen: int = 0
 
 
-class AnomalyAnalysis(_Row):
+class AnomalyAnalysis(_Row, frozen=True):
     """A learned baseline's view (OCSF ``anomaly_analyses``): how far ``observed`` is from normal.
 
     ``model`` names the baseline ("ewma" online, or "iforest:user:<name>@<version>"); ``deviation``
