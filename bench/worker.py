@@ -101,7 +101,7 @@ def run_workers(servers: str, prefix: str, n_workers: int, n_events: int, workdi
     env = {**os.environ, "DATAWARD_KAFKA_PARTITIONS": str(PARTITIONS), "PYTHONUNBUFFERED": "1"}
     procs = []
     for i in range(n_workers):
-        log = open(workdir / f"worker-{i}.log", "w")  # noqa: SIM115 - closed below
+        log = open(workdir / f"worker-{i}.log", "w")  # closed below
         procs.append((subprocess.Popen(
             [sys.executable, "-m", "dataward.cli", "worker", "--bootstrap", servers, "--topic-prefix", prefix,
              "--log-level", "warning"],
