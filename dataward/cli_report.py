@@ -120,7 +120,7 @@ def custody_cmd(
     now = _now_ms()
     try:
         report = custody(_runner(cfg), path, parse_time_ms(since, now), parse_time_ms(until, now), limit)
-    except Exception as exc:  # noqa: BLE001 - the store's own message is what helps the analyst
+    except Exception as exc:  # the store's own message is what helps the analyst
         raise _fail(exc) from None
     _show(report, fmt)
 
@@ -142,7 +142,7 @@ def who_changed_cmd(
     now = _now_ms()
     try:
         report = who_changed(_runner(cfg), prefix, parse_time_ms(since, now), parse_time_ms(until, now))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _fail(exc) from None
     _show(report, fmt)
 
@@ -177,7 +177,7 @@ def timeline_cmd(
         report = timeline(run, user, start, end)
     except typer.BadParameter:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _fail(exc) from None
     _show(report, fmt)
     if plot is not None:
@@ -212,7 +212,7 @@ def incident_cmd(
         report = blast_radius.incident(_runner(cfg), incident, parse_duration_s(before), with_events=events)
     except typer.BadParameter:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _fail(exc) from None
     _show(report, fmt)
     if restore_list is not None:
@@ -240,6 +240,6 @@ def inventory_cmd(
     cfg = _cfg(config, data_dir)
     try:
         report = inventory(_runner(cfg), root, device)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _fail(exc) from None
     _show(report, fmt)

@@ -59,7 +59,7 @@ def data_dir(tmp_path_factory):
         store.writer.ensure_schema()
         store.writer.insert_events(events)
         store.writer.insert_alerts([alert, other])
-        store._backend.command(  # noqa: SLF001 - inventory rows as the inventory scan writes them
+        store._backend.command(  # inventory rows as the inventory scan writes them
             "INSERT INTO dataward.inventory (scan_id, scanned_at, device, root, path, size, mtime, owner, "
             "file_type) VALUES "
             f"('s1', fromUnixTimestamp64Milli({NOW}), 'fs1', '/srv/train', '/srv/train/x', 100, "
