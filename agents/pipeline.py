@@ -61,7 +61,8 @@ class ContentStage:
         out: Batch = []
         for ev in batch:
             act = ev.activity_id
-            if act in (Activity.CREATE, Activity.UPDATE) and ev.source != "agent":
+            # Canaries are not sampled: the agent's own read would look like a touch of the decoy.
+            if act in (Activity.CREATE, Activity.UPDATE) and ev.source != "agent" and not ev.canary:
                 ev = self._with_signals(ev, event_path(ev.file_path, ev.names_escaped))
             elif act == Activity.RENAME and ev.file_new_path:
                 old = event_path(ev.file_path, ev.names_escaped)

@@ -147,7 +147,8 @@ def agent_file(
     from dataward.distributed import run_file_agent
 
     stop = _stop_on_signals()
-    run_file_agent(cfg, [str(w) for w in watch], stop, ready=lambda: _ready(f"agent watching {len(watch)} dirs"))
+    run_file_agent(cfg, [str(w) for w in watch], stop, ready=lambda: _ready(f"agent watching {len(watch)} dirs"),
+                   policy=_policy(cfg))
 
 
 @app.command()

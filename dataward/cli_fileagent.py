@@ -9,12 +9,81 @@ import typer
 from rich.console import Console
 
 audit_app = typer.Typer(no_args_is_help=True, help="Check audit logs (auditd, Samba full_audit) before wiring them.")
+canary_app = typer.Typer(no_args_is_help=True, help="Decoy files: any touch is an alert.")
 err = Console(stderr=True)
+out = Console()
 
 
 def register(agent_app: typer.Typer) -> None:
     """Adds this module's commands under `dataward agent`."""
     agent_app.add_typer(audit_app, name="audit")
+    agent_app.add_typer(canary_app, name="canary")
+
+
+def _data_dir(data_dir: str | None, config: Path | None) -> str:
+    from dataward.config import ConfigError, load_config
+
+    try:
+        return load_config(config, {"data_dir": data_dir} if data_dir else {}).data_dir
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+ALL_KINDS = "xlsx,pdf,docx,csv,txt"
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="The agent's state directory.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (or DATAWARD_CONFIG).")]
+
+
+@canary_app.command("plant")
+def canary_plant(
+    dirs: Annotated[list[Path], typer.Argument(help="Directories to plant decoys in.")],
+    kinds: Annotated[str, typer.Option("--kinds", help="Comma-separated subset of xlsx,pdf,docx,csv,txt.")] = ALL_KINDS,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Place believable decoy files (valid content of common types) and record them; the agent
+    reports any touch of one as a canary event (a running agent picks new ones up within a second)."""
+    from rich.table import Table
+
+    from dwcore.agents import canary
+
+    wanted = [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in canary.KINDS]
+    if unknown:
+        err.print(f"[red]unknown kinds {unknown}; choose from {sorted(canary.KINDS)}[/red]")
+        raise typer.Exit(2)
+    try:
+        planted = canary.plant([str(d) for d in dirs], _data_dir(data_dir, config), wanted)
+    except NotADirectoryError as exc:
+        err.print(f"[red]not a directory:[/red] {exc}")
+        raise typer.Exit(2) from None
+    table = Table("canary", "type", "bytes", title=f"{len(planted)} canaries planted")
+    for c in planted:
+        table.add_row(c.path, c.kind, str(c.size))
+    out.print(table)
+
+
+@canary_app.command("list")
+def canary_list(data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+    """The recorded canaries and whether each is still there at its size (by stat only: reading a
+    canary would trip the alarm)."""
+    import os
+
+    from rich.table import Table
+
+    from dwcore.agents import canary
+    from dwcore.schemas.paths import name_bytes
+
+    table = Table("canary", "type", "state")
+    for c in canary.load(_data_dir(data_dir, config)):
+        try:
+            size = os.lstat(name_bytes(c.path, c.escaped)).st_size
+            state = "in place" if size == c.size else "[red]SIZE CHANGED[/red]"
+        except FileNotFoundError:
+            state = "[red]MISSING[/red]"
+        table.add_row(c.path, c.kind, state)
+    out.print(table)
 
 
 def _shares(values: list[str]) -> dict[str, str]:

@@ -104,6 +104,33 @@ class AuditConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     wait_ms: int = 50  # how long a batch may wait for the audit log to catch up
 
 
+class CanaryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Decoys planted by `dataward agent canary plant`, recorded in <data_dir>/canaries.json."""
+
+    enabled: bool = True
+    watch_reads: bool = True  # also report reads of canaries (inotify on the canary files only)
+    grace_ms: int = 2000  # planting's own writes right after planting are not touches
+
+
+class ResponseHookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    min_severity: str  # low | medium | high | critical
+    command: list[str]  # argv, no shell; placeholders {user} {rule} {severity} {alert_uid} {devices} {shares}
+    name: str = ""
+
+
+class ResponseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The agent's fast path: detectors on its own events, local alerts and response hooks."""
+
+    fastpath: bool = True  # run the detectors in the file agent (distributed mode)
+    alerts_jsonl: str = ""  # default <data_dir>/agent-alerts.jsonl
+    publish_alerts: bool = True  # also produce the agent's alerts to dw.alerts
+    dry_run: bool = True  # record what a hook would run, run nothing (turn off once reviewed)
+    timeout_s: float = 10.0
+    allow_users: list[str] = []  # never acted on (service accounts, the backup user)
+    audit_file: str = ""  # default <data_dir>/responses.jsonl
+    hooks: list[ResponseHookConfig] = []
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".dataward"  # state: chDB store, spools, outbox, tokens (0700, owner-only files)
     policy_file: str = ""  # detection policy YAML; empty: the built-in default policy
@@ -115,6 +142,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     content: ContentConfig = ContentConfig()
     s3: S3Config = S3Config()
     audit: AuditConfig = AuditConfig()
+    canary: CanaryConfig = CanaryConfig()
+    response: ResponseConfig = ResponseConfig()
 
     @property
     def device(self) -> str:
@@ -155,7 +184,8 @@ def read_secret(env_var: str, file_path: str = "") -> str:
 
 
 _SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig,
-             "content": ContentConfig, "s3": S3Config, "audit": AuditConfig}
+             "content": ContentConfig, "s3": S3Config, "audit": AuditConfig,
+             "canary": CanaryConfig, "response": ResponseConfig}
 
 
 # DATAWARD_* variables that are not configuration keys: the config file's path, the scripts'

@@ -11,17 +11,18 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from dataward.agent_pipeline import build_stages
+from dataward.agent_pipeline import AgentStages
 from dataward.config import Config
 from dataward.datadir import DataDirLock
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.kafka_admin import ensure_topics
-from dwcore.agents.pipeline import chain
 from dwcore.agents.publisher import KafkaPublisher
 from dwcore.agents.watcher import FileWatcher
 from dwcore.backoff import Backoff
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
+from dwcore.schemas.alert import Alert
+from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
 from dwcore.sinks.jsonl import AlertJsonlWriter
 from dwcore.sinks.kafka_sink import ClickHouseSink, SinkCounters, consumer_config, run_sink_loop
@@ -43,6 +44,26 @@ def ensure_all_topics(config: Config) -> None:
     ensure_topics(client, [topics.alerts, topics.deadletter], 1)
 
 
+class _AlertProducer:
+    """The agent's own alerts to dw.alerts (best effort: the local JSONL file is the durable copy)."""
+
+    def __init__(self, client: dict, topic: str) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = topic
+        self._producer = Producer({**client, "linger.ms": 5, "message.timeout.ms": 60_000},
+                                  logger=logging.getLogger("dwcore.agents.librdkafka"))
+
+    def send(self, alert: Alert) -> None:
+        self._producer.produce(self.topic, key=alert.user.encode(), value=encode(alert))
+        self._producer.poll(0)
+
+    def close(self, timeout: float = 5.0) -> None:
+        left = self._producer.flush(timeout)
+        if left:
+            log.warning("agent_alerts_unsent %s", kv(alerts=left, topic=self.topic, kept_in="agent-alerts.jsonl"))
+
+
 def run_file_agent(
     config: Config,
     watch: Sequence[str],
@@ -52,10 +73,11 @@ def run_file_agent(
     tune_inotify: bool | None = None,
     create_topics: bool = True,
     flush_timeout_s: float = 10.0,
+    policy: Policy | None = None,
 ) -> dict[str, int]:
     """Watch directories and publish their activity durably to Kafka until ``stop`` is set; returns
     the final counters. ``ready`` is called once every root is watched. Starts even when the broker
-    is down: events wait in the spool."""
+    is down: events wait in the spool. ``policy`` (default: the configured one) drives the fast path."""
     roots = list(watch) or list(config.agent.watch)
     if not roots:
         raise ValueError("nothing to watch: pass directories or set agent.watch")
@@ -67,14 +89,23 @@ def run_file_agent(
         try:
             ensure_topics(client, [topics.events], config.kafka.partitions, timeout=5.0)
             ensure_topics(client, [topics.deadletter], 1, timeout=5.0)
+            if config.response.fastpath and config.response.publish_alerts:
+                ensure_topics(client, [topics.alerts], 1, timeout=5.0)
         except (KafkaException, TimeoutError) as exc:
             log.warning("topic_check_failed %s", kv(topic=topics.events, error=exc, action="continue_with_spool"))
     spool_dir = config.spool_dir
     publisher = KafkaPublisher(client, topics.events, spool_dir, config.device, deadletter_topic=topics.deadletter)
-    watcher = FileWatcher(roots, config.device, chain(build_stages(config), publisher.publish),
-                          exclude=[str(spool_dir), str(Path(config.data_dir))])
+    if policy is None and config.response.fastpath:
+        from dwcore.detectors.policy import load_policy
+
+        policy = load_policy(config.policy_file or None)
+    alert_out = _AlertProducer(client, topics.alerts) if config.response.publish_alerts else None
+    stages = AgentStages(config, policy, alert_sinks=[alert_out.send] if alert_out else [])
+    emit = stages.emit_to(publisher.publish)
+    watcher = FileWatcher(roots, config.device, emit, exclude=[str(spool_dir), str(Path(config.data_dir))])
     try:
         watcher.start()
+        stages.start_side_watches(config.device, emit)
         log.info("file_agent_ready %s", kv(device=config.device, topic=topics.events,
                                            roots=",".join(watcher.roots), spool=spool_dir))
         if ready is not None:
@@ -82,11 +113,16 @@ def run_file_agent(
         stop.wait()
     finally:
         watcher.stop()
+        stages.close()
+        if alert_out is not None:
+            alert_out.close()
         left = publisher.close(flush_timeout_s)
         if left:
             log.warning("file_agent_stopped_with_pending %s",
                         kv(events=left, spool=spool_dir, action="replay_on_next_start"))
     counters = {**watcher.counters, **{f"publisher_{k}": v for k, v in publisher.counters.items()}}
+    if stages.fastpath is not None:
+        counters.update({f"fastpath_{k}": v for k, v in stages.fastpath.counters.items()})
     log.info("file_agent_stopped %s", kv(**counters))
     return counters
 
