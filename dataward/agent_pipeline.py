@@ -85,6 +85,7 @@ class AgentStages:
             self._closers.append(hooks.close)
             sinks.append(hooks.on_alert)
         self.fastpath = FastPath(policy, sinks + extra)
+        self._closers.insert(0, self.fastpath.close)  # evaluate what is queued before the outputs close
         return self.fastpath
 
     def emit_to(self, sink: Callable[[Batch], None]) -> Callable[[Batch], None]:

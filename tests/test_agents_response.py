@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from dwcore.agents.fastpath import FastPath
 from dwcore.agents.response import Hook, ResponseHooks, render
+from dwcore.detectors import engine
 from dwcore.detectors.policy import load_policy
 from dwcore.schemas.alert import Alert, Severity
 from dwcore.schemas.event import Activity, make_event
@@ -108,23 +110,49 @@ def test_drills_and_closed_incidents_trigger_nothing(tmp_path: Path) -> None:
     assert _records(audit) == []
 
 
+def _renames(tag: str, n: int, user: str = "mallory", t0: int = 1_800_000_000_000) -> list:
+    return [make_event(Activity.RENAME, uid=f"{tag}{i}", time=t0 + i, user_name=user, device="fs1",
+                       file_path=f"/s/{tag}{i}.docx", file_new_path=f"/s/{tag}{i}.docx.locked") for i in range(n)]
+
+
 def test_fast_path_alerts_on_a_rename_burst_without_a_broker() -> None:
     got: list[Alert] = []
-    fp = FastPath(load_policy(), [got.append])
-    t0 = 1_800_000_000_000
-    batch = [make_event(Activity.RENAME, uid=f"u{i}", time=t0 + i, user_name="mallory", device="fs1",
-                        file_path=f"/s/f{i}.docx", file_new_path=f"/s/f{i}.docx.locked") for i in range(120)]
-    batch += [make_event(Activity.UPDATE, uid=f"b{i}", time=t0 + i, user_name="bob", device="fs1",
+    fp = FastPath(load_policy(), [got.append], threaded=False)
+    batch = _renames("u", 120)
+    batch += [make_event(Activity.UPDATE, uid=f"b{i}", time=1_800_000_000_000 + i, user_name="bob", device="fs1",
                          file_path=f"/s/b{i}.txt") for i in range(50)]
-    start = time.perf_counter()
     out = fp(batch)
-    took = time.perf_counter() - start
     assert out == batch  # the fast path never changes or drops events
-    assert [a.user for a in got] == ["mallory"] and got[0].rule == "mass_rename"
-    assert got[0].file_count == 120
-    assert took < 0.1
-    # state is kept per user across batches: the next burst escalates the same incident, not a new one
-    more = [make_event(Activity.RENAME, uid=f"v{i}", time=t0 + 200 + i, user_name="mallory", device="fs1",
-                       file_path=f"/s/g{i}.docx", file_new_path=f"/s/g{i}.docx.locked") for i in range(5)]
-    fp(more)
-    assert {a.uid for a in got} == {got[0].uid}
+    assert {a.user for a in got} == {"mallory"} and "mass_rename" in {a.rule for a in got}
+    first = {a.uid for a in got}
+    # state is kept per user across batches: the next burst grows the same incident, not a new one
+    fp(_renames("v", 5, t0=1_800_000_000_200))
+    assert {a.uid for a in got} == first
+
+
+def test_threaded_fast_path_returns_at_once_sheds_only_ordinary_events_and_never_canaries() -> None:
+    got: list[Alert] = []
+    release = threading.Event()
+
+    def slow_evaluate(state, user, events, policy):  # noqa: ANN001, ANN202 - the real engine, held back
+        release.wait(10)
+        return engine.evaluate(state, user, events, policy)
+
+    fp = FastPath(load_policy(), [got.append], max_pending=100, evaluate=slow_evaluate)
+    try:
+        start = time.perf_counter()
+        fp(_renames("a", 10, user="x"))  # taken by the thread, which now waits
+        time.sleep(0.05)
+        fp(_renames("b", 500, user="y"))  # 100 queued, 400 shed from the fast path only
+        canary = make_event(Activity.READ, uid="c1", time=1_800_000_001_000, user_name="eve", device="fs1",
+                            file_path="/s/Payroll_2026_Q3.xlsx", canary=True)
+        assert fp([canary]) == [canary]
+        assert time.perf_counter() - start < 0.5  # capture never waits for the detectors
+        assert fp.counters["shed"] == 400
+        release.set()
+        assert fp.wait_idle(30)
+    finally:
+        release.set()
+        fp.close()
+    assert "canary_touch" in {a.rule for a in got if a.user == "eve"}
+    assert fp.counters["events"] == 10 + 100 + 1
