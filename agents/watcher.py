@@ -333,5 +333,6 @@ class FileWatcher:
                     self.counters["lost"] += len(batch)
                     log.exception("emit_failed_at_stop events=%d action=lost", len(batch))
                     return
+                self.counters["emitted"] += len(batch)  # the last try at stop counts like any other
             return
         self.counters["emitted"] += len(batch)

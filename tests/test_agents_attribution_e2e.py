@@ -2,6 +2,8 @@
 publishes them to a real Kafka broker; an event without an audit record keeps the owner guess."""
 from __future__ import annotations
 
+import os
+import pwd
 import threading
 import time
 from pathlib import Path
@@ -88,5 +90,5 @@ def test_auditd_and_full_audit_attribution_reach_kafka(kafka_bootstrap, topic_pr
     assert len(ren) == 1
     assert (ren[0].attribution, ren[0].user_name, ren[0].client_ip) == (Attribution.SAMBA, "bob", "10.0.0.6")
     other = creates["unaudited.txt"]
-    assert other.attribution == Attribution.OWNER and other.user_name == "root"
+    assert other.attribution == Attribution.OWNER and other.user_name == pwd.getpwuid(os.getuid()).pw_name
     assert result["publisher_spooled_pending"] == 0

@@ -1,6 +1,8 @@
 """Publisher, topic helper and file agent against a real Kafka broker."""
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 import threading
 import time
@@ -265,7 +267,8 @@ def test_file_agent_publishes_file_activity(kafka_bootstrap, topic_prefix, tmp_p
     creates = {Path(e.file_path).name for e in got if e.activity_id == Activity.CREATE}
     assert creates == {f"doc{i}.txt" for i in range(50)}
     assert [e.file_new_path for e in got if e.activity_id == Activity.RENAME] == [str(share / "doc0.txt.enc")]
-    assert all(e.device == "fs01" and e.user_name == "root" for e in got)
+    me = pwd.getpwuid(os.getuid()).pw_name  # the owner of the files the test wrote
+    assert all(e.device == "fs01" and e.user_name == me for e in got)
     md = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10)
     assert len(md.topics[f"{topic_prefix}dw.events"].partitions) == config.kafka.partitions
 

@@ -82,3 +82,9 @@ def test_run_refuses_a_missing_directory(tmp_path):
     res = run_cli("run", "--watch", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "s"))
     assert res.returncode == 2
     assert "not a directory" in res.stderr
+
+
+def test_query_param_without_equals_is_a_clear_error(tmp_path):
+    res = run_cli("query", "SELECT {user:String}", "--data-dir", str(tmp_path), "-p", "user")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--param needs name=value: user" in res.stderr and "-p user=alice" in res.stderr

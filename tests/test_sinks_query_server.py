@@ -80,10 +80,17 @@ def test_writes_refused_with_500_and_clickhouse_text(served, sql):
 
 def test_unknown_settings_ignored_allowlisted_applied(served):
     server, _ = served
+    # break stops at a block boundary: with one-row blocks the limit is exact
     out = get(server.url, query="SELECT number FROM system.numbers LIMIT 10", session_id="abc",
-              wait_end_of_query="1", max_result_rows="3", result_overflow_mode="break",
+              wait_end_of_query="1", max_result_rows="3", result_overflow_mode="break", max_block_size="1",
               allow_ddl="1", send_progress_in_http_headers="1")
-    assert len(out.splitlines()) in range(3, 11) and out.startswith(b"0\n1\n2\n")
+    assert out == b"0\n1\n2\n"
+    # the default overflow mode refuses the whole result, naming the limit that was applied
+    with pytest.raises(urllib.error.HTTPError) as err:
+        get(server.url, query="SELECT number FROM system.numbers LIMIT 10", max_result_rows="3")
+    assert err.value.headers["X-ClickHouse-Exception-Code"] == "396"
+    assert b"max rows: 3.00" in err.value.read()
+    assert get(server.url, query="SELECT number FROM system.numbers LIMIT 3", max_result_rows="3") == b"0\n1\n2\n"
     with pytest.raises(urllib.error.HTTPError) as err:
         get(server.url, query="SELEC 1")
     assert err.value.code == 400
