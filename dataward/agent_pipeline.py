@@ -10,12 +10,17 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dataward.config import Config
 from dwcore.agents.content import ContentSampler
 from dwcore.agents.pipeline import Batch, ContentStage, Stage, chain
 from dwcore.detectors.policy import Policy
 from dwcore.schemas.alert import Alert
+
+if TYPE_CHECKING:  # imported where used: only the features a config turns on are loaded
+    from dwcore.agents.canary import CanaryReadWatch
+    from dwcore.agents.fastpath import FastPath
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,8 @@ class AgentStages:
         self._closers: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self.canaries: CanarySet | None = None
-        self.fastpath = None
-        self.read_watch = None
+        self.fastpath: FastPath | None = None
+        self.read_watch: CanaryReadWatch | None = None
         join = audit_stage(config)
         if join is not None:
             self.stages.append(join)
@@ -84,9 +89,10 @@ class AgentStages:
                                   timeout_s=r.timeout_s, allow_users=r.allow_users)
             self._closers.append(hooks.close)
             sinks.append(hooks.on_alert)
-        self.fastpath = FastPath(policy, sinks + extra)
-        self._closers.insert(0, self.fastpath.close)  # evaluate what is queued before the outputs close
-        return self.fastpath
+        fastpath = FastPath(policy, sinks + extra)
+        self.fastpath = fastpath
+        self._closers.insert(0, fastpath.close)  # evaluate what is queued before the outputs close
+        return fastpath
 
     def emit_to(self, sink: Callable[[Batch], None]) -> Callable[[Batch], None]:
         run = chain(self.stages, sink)
@@ -110,9 +116,10 @@ class AgentStages:
             o = owners.resolve(path)
             return o.user_name, o.user_uid
 
-        self.read_watch = CanaryReadWatch(self.canaries, device, emit, user_of=user_of)
-        self.read_watch.start()
-        self._closers.insert(0, self.read_watch.stop)
+        read_watch = CanaryReadWatch(self.canaries, device, emit, user_of=user_of)
+        self.read_watch = read_watch
+        read_watch.start()
+        self._closers.insert(0, read_watch.stop)
 
     def close(self) -> None:
         for close in self._closers:

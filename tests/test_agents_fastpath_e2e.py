@@ -64,7 +64,7 @@ def test_rename_burst_alerts_from_the_agent_runs_the_hook_and_reaches_kafka(kafk
     assert result["fastpath_alerts"] >= 1
 
 
-def _first_alert_after(path: Path, action, timeout: float = 5.0) -> tuple[dict, float]:  # noqa: ANN001
+def _first_alert_after(path: Path, action, timeout: float = 5.0) -> tuple[dict, float]:
     """Runs ``action`` and polls the agent's alert file every 0.5 ms; returns the alert and seconds taken."""
     before = len(_alerts(path))
     start = time.perf_counter()

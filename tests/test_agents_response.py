@@ -18,7 +18,7 @@ from dwcore.schemas.event import Activity, make_event
 from tests.test_agents_watcher import wait_for
 
 
-def _alert(user: str = "mallory", severity: str = "critical", uid: str = "inc-1", **kw) -> Alert:  # noqa: ANN003
+def _alert(user: str = "mallory", severity: str = "critical", uid: str = "inc-1", **kw) -> Alert:
     sev = Severity(severity)
     return Alert(uid=uid, title="t", rule="mass_rename", rule_uid="r", severity=sev, severity_id=sev.ocsf_id,
                  user=user, first_seen=1, detected_at=2, signal="renames", observed=100, threshold=25,
@@ -134,7 +134,7 @@ def test_threaded_fast_path_returns_at_once_sheds_only_ordinary_events_and_never
     got: list[Alert] = []
     release = threading.Event()
 
-    def slow_evaluate(state, user, events, policy):  # noqa: ANN001, ANN202 - the real engine, held back
+    def slow_evaluate(state, user, events, policy):  # the real engine, held back
         release.wait(10)
         return engine.evaluate(state, user, events, policy)
 
