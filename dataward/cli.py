@@ -75,6 +75,14 @@ def _policy(cfg: Config):
         raise typer.Exit(2) from None
 
 
+@app.callback()
+def _private_by_default() -> None:
+    # Every file a dataward command creates (stores, spools, alerts, tokens) is owner-only.
+    from dataward.privacy import private_umask
+
+    private_umask()
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
 
@@ -145,7 +153,9 @@ def agent_file(
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   agent__device=device)
     from dataward.distributed import run_file_agent
+    from dataward.privacy import make_private
 
+    make_private(cfg.data_dir)
     stop = _stop_on_signals()
     run_file_agent(cfg, [str(w) for w in watch], stop, ready=lambda: _ready(f"agent watching {len(watch)} dirs"),
                    policy=_policy(cfg))
@@ -188,7 +198,9 @@ def sink_clickhouse(
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   store__url=clickhouse_url, alerts_jsonl=alerts_jsonl)
     from dataward.distributed import ensure_all_topics, run_clickhouse_sink
+    from dataward.privacy import make_private
 
+    make_private(cfg.data_dir)
     ensure_all_topics(cfg)
     from dataward.datadir import DataDirInUse
 

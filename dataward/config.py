@@ -13,10 +13,13 @@ import socket
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import yaml
+
+if TYPE_CHECKING:
+    from dwcore.sinks.query_server import QueryLimits
 
 
 class ConfigError(ValueError):
@@ -63,6 +66,19 @@ class QueryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Loopback only: the endpoint is read-only but forensic data is still sensitive.
     host: str = "127.0.0.1"
     port: int = 0  # 0 = pick a free port; the chosen address is written to <data_dir>/query.addr
+    # What one request may cost (a client may lower these, never raise them).
+    timeout_s: float = 60.0
+    max_memory_bytes: int = 1 << 30
+    max_result_rows: int = 1_000_000
+    max_result_bytes: int = 256 << 20
+    max_connections: int = 64
+    max_concurrent_queries: int = 4
+    idle_timeout_s: float = 30.0
+
+    def limits(self) -> QueryLimits:
+        from dwcore.sinks.query_server import QueryLimits
+
+        return QueryLimits(**{name: getattr(self, name) for name in QueryLimits.__struct_fields__})
 
 
 class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -165,6 +181,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def parked_dir(self) -> Path:
         """Rows the store could not take yet, replayed when it answers again."""
         return Path(self.data_dir) / "parked"
+
+    @property
+    def query_token_file(self) -> Path:
+        # Owner-only (0600): the password of the query endpoint, user "dataward".
+        return Path(self.data_dir) / "query.token"
 
     @property
     def faust_dir(self) -> Path:

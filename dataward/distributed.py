@@ -26,6 +26,7 @@ from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
 from dwcore.sinks.jsonl import AlertJsonlWriter
 from dwcore.sinks.kafka_sink import ClickHouseSink, SinkCounters, consumer_config, run_sink_loop
+from dwcore.sinks.query_auth import ensure_token
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import open_when_available
 
@@ -178,7 +179,9 @@ def _run_sink(config: Config, topics: Topics, stop: threading.Event, ready: Call
     group_id = f"{config.kafka.topic_prefix}dataward-sink"
     try:
         if store.embedded:
-            server = QueryServer(store.reader, config.query.host, config.query.port).start()
+            token = ensure_token(config.query_token_file)
+            server = QueryServer(store.reader, config.query.host, config.query.port, token=token,
+                                 limits=config.query.limits()).start()
             server.write_addr_file(config.query_addr_file)
         consumer = Consumer(consumer_config(config.kafka.client_config(), group_id))
         signalled = threading.Event()

@@ -15,6 +15,7 @@ from pathlib import Path
 from dataward.agent_pipeline import build_stages
 from dataward.config import Config
 from dataward.datadir import DataDirLock
+from dataward.privacy import make_private
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.pipeline import chain
 from dwcore.agents.watcher import FileWatcher
@@ -27,6 +28,7 @@ from dwcore.sinks.batcher import Batcher
 from dwcore.sinks.errors import StoreFailure, StoreUnavailable
 from dwcore.sinks.jsonl import AlertJsonlWriter
 from dwcore.sinks.parking import Keeper, ParkingLot
+from dwcore.sinks.query_auth import ensure_token
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import Store
 from dwcore.stream.bus import BatchBus
@@ -69,6 +71,7 @@ class EmbeddedPipeline:
         self._stopped = False
 
     def start(self) -> None:
+        make_private(self.config.data_dir)  # 0700/0600 before anything sensitive is written
         # Before the store: a second process gets one line naming the holder, not chDB's traceback.
         self._lock = DataDirLock(self.config.data_dir).acquire()
         store = Store.open(self.config.store_dsn, self.config.store.database, self.config.store.retention_days,
@@ -90,7 +93,9 @@ class EmbeddedPipeline:
         self._batcher.start()
         if self.config.alerts_jsonl:
             self._jsonl = AlertJsonlWriter(self.config.alerts_jsonl)
-        self._server = QueryServer(store.reader, self.config.query.host, self.config.query.port)
+        token = ensure_token(self.config.query_token_file)
+        self._server = QueryServer(store.reader, self.config.query.host, self.config.query.port, token=token,
+                                   limits=self.config.query.limits())
         self._server.start()
         self._server.write_addr_file(self.config.query_addr_file)
         self._thread = threading.Thread(target=self._process_loop, name="dataward-process", daemon=True)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dwcore.logfmt import kv
 from dwcore.sinks.errors import StoreError, StoreUnavailable
+from dwcore.sinks.sql_guard import vet
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,16 @@ def classify(exc: Exception, what: str) -> StoreError | StoreUnavailable:
     return StoreError(f"{what}: {text}", code=code)
 
 
+def quote(value: str) -> str:
+    """A ClickHouse string literal."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
 def setting_sql(name: str, value: str) -> str:
     if not _SETTING_NAME.match(name):
         raise StoreError(f"invalid setting name {name!r}")
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"SET {name} = '{escaped}'"
+    return f"SET {name} = {quote(value)}"
 
 
 class Backend(Protocol):
@@ -81,8 +87,18 @@ class Backend(Protocol):
     ) -> None: ...
 
     def read(
-        self, sql: str, fmt: str, params: Mapping[str, str], settings: Mapping[str, str], database: str | None
+        self,
+        sql: str,
+        fmt: str,
+        params: Mapping[str, str],
+        settings: Mapping[str, str],
+        database: str | None,
+        *,
+        vet_database: str | None = None,
+        tag: str | None = None,
     ) -> bytes: ...
+
+    def cancel(self, tag: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -139,8 +155,19 @@ class ChdbBackend(_ClientWriter):
         super().__init__(client, f"chdb://{self.path}")
 
     def read(
-        self, sql: str, fmt: str, params: Mapping[str, str], settings: Mapping[str, str], database: str | None
+        self,
+        sql: str,
+        fmt: str,
+        params: Mapping[str, str],
+        settings: Mapping[str, str],
+        database: str | None,
+        *,
+        vet_database: str | None = None,
+        tag: str | None = None,
     ) -> bytes:
+        """One read on its own engine connection. ``vet_database``: first let the engine's parser
+        prove the statement a plain SELECT over that database (sinks.sql_guard). ``tag``: a label
+        that cancel() finds the running query by."""
         import chdb
 
         try:
@@ -156,14 +183,31 @@ class ChdbBackend(_ClientWriter):
             conn.query(setting_sql("session_timezone", "UTC"))
             for name, value in settings.items():
                 conn.query(setting_sql(name, value))
+            if tag:
+                conn.query(setting_sql("log_comment", tag))
             # Last, so nothing after it (including the SQL's own SETTINGS clause) can lift it.
             conn.query("SET readonly = 1")
+            if vet_database:
+                sql = vet(lambda s, p: conn.query(s, "TabSeparated", params=dict(p)).bytes() or b"",
+                          sql, params, vet_database)
             result = conn.query(sql, fmt, params=dict(params))
             return result.bytes() or b""
         except StoreError:
             raise
         except Exception as exc:
             raise classify(exc, "query") from exc
+        finally:
+            conn.close()
+
+    def cancel(self, tag: str) -> None:
+        """Stop the read labelled ``tag`` (its client went away)."""
+        import chdb
+
+        conn = chdb.connect(self.path)
+        try:
+            conn.query(f"KILL QUERY WHERE Settings['log_comment'] = {quote(tag)} ASYNC")
+        except Exception as exc:  # noqa: BLE001 - the query may have just finished
+            log.debug("cancel_failed tag=%s error=%r", tag, str(exc)[:200])
         finally:
             conn.close()
 
@@ -182,16 +226,34 @@ class ServerBackend(_ClientWriter):
         self._reader = reader
 
     def read(
-        self, sql: str, fmt: str, params: Mapping[str, str], settings: Mapping[str, str], database: str | None
+        self,
+        sql: str,
+        fmt: str,
+        params: Mapping[str, str],
+        settings: Mapping[str, str],
+        database: str | None,
+        *,
+        vet_database: str | None = None,
+        tag: str | None = None,
     ) -> bytes:
+        # vet_database is not applied: a server enforces its own grants on the credentials in the
+        # URL, and may be dataward's own endpoint, which vets every statement itself.
         values = {name: unescape_param(text) for name, text in params.items()}
         per_query: dict[str, str] = {**settings, "readonly": "1"}
+        if tag:
+            per_query["log_comment"] = tag
         if database:
             self._reader.database = database
         try:
             return self._reader.raw_query(sql, parameters=values or None, settings=per_query, fmt=fmt)
         except Exception as exc:
             raise classify(exc, f"query on {self._dsn_label}") from exc
+
+    def cancel(self, tag: str) -> None:
+        try:
+            self._client.command(f"KILL QUERY WHERE Settings['log_comment'] = {quote(tag)} ASYNC")
+        except Exception as exc:  # noqa: BLE001 - the query may have just finished
+            log.debug("cancel_failed tag=%s error=%r", tag, str(exc)[:200])
 
     def close(self) -> None:
         super().close()

@@ -33,7 +33,10 @@ class AlertJsonlWriter:
             self._file = sys.stdout.buffer
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")  # lives as long as the writer
+            # Alerts name users and files: owner-only, whatever the umask or an older file's mode.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)
+            self._file = os.fdopen(fd, "ab")
         self.written = 0
 
     def write(self, alert: Alert) -> None:

@@ -1,8 +1,11 @@
 """``dataward query``: run read-only SQL against whichever store the wiring points at.
 
 Order: a ClickHouse server (an ``http(s)://`` DSN); else the query endpoint of the process that owns the
-embedded chDB directory (its address in ``query.addr``, used when it answers /ping); else open the
-chDB directory directly (nobody owns it), read, and close it again.
+embedded chDB directory (its address in ``query.addr``, used when it answers /ping; the token in
+``query.token`` beside it is sent as the password of user ``dataward``); else open the chDB
+directory directly (nobody owns it), read, and close it again. The endpoint and the direct path
+run only a plain SELECT over dataward's tables, as the engine's own parser decides; a server
+enforces its own grants.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import msgspec
 
 from dwcore.logfmt import kv
 from dwcore.sinks.errors import StoreError, StoreUnavailable
+from dwcore.sinks.query_auth import USER, read_token
 from dwcore.sinks.store import Store
 from dwcore.sinks.store_reader import QueryResult, param_text, parse_json_compact
 
@@ -44,13 +48,20 @@ def endpoint_url(addr_file: Path) -> str | None:
 
 
 def query_endpoint(
-    url: str, sql: str, parameters: Mapping[str, Any] | None = None, database: str | None = None
+    url: str,
+    sql: str,
+    parameters: Mapping[str, Any] | None = None,
+    database: str | None = None,
+    token: str | None = None,
 ) -> QueryResult:
     args = {"default_format": "JSONCompact", "output_format_json_quote_64bit_integers": "0"}
     if database:
         args["database"] = database
     args.update({f"param_{k}": param_text(v) for k, v in (parameters or {}).items()})
-    req = urllib.request.Request(f"{url}/?{urlencode(args)}", data=sql.encode(), method="POST")  # noqa: S310
+    headers = {"X-ClickHouse-User": USER, "X-ClickHouse-Key": token} if token else {}
+    req = urllib.request.Request(  # noqa: S310 - loopback http
+        f"{url}/?{urlencode(args)}", data=sql.encode(), method="POST", headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT_S) as resp:  # noqa: S310 - loopback http
             body = resp.read()
@@ -77,16 +88,25 @@ def run_query(
     dsn: str,
     database: str,
     addr_file: Path,
+    token_file: Path | None = None,
 ) -> QueryResult:
     """``dsn`` is the store's (``chdb:///dir`` or ``http(s)://...``); ``addr_file`` is where the
-    process that owns a chDB directory writes its endpoint's address."""
+    process that owns a chDB directory writes its endpoint's address, ``token_file`` (default:
+    ``query.token`` beside it) its password."""
     if not dsn.startswith("chdb://"):
         with Store.open(dsn, database) as store:
             return store.reader.query(sql, parameters)
     url = endpoint_url(addr_file)
     if url is not None:
         log.debug("query_via %s", kv(endpoint=url))
-        return query_endpoint(url, sql, parameters, database)
+        token_path = token_file or addr_file.with_name("query.token")
+        token = read_token(token_path)
+        if token is None:
+            raise StoreError(
+                f"cannot read the query token {token_path}: run as the user that owns {addr_file.parent} "
+                "(the token is readable by its owner only)"
+            )
+        return query_endpoint(url, sql, parameters, database, token)
     path = Path(dsn[len("chdb://") :])
     if not path.is_dir():
         raise StoreError(
@@ -100,4 +120,4 @@ def run_query(
             f"{exc}; the owning process is not serving queries (no live {addr_file})"
         ) from None
     with store:
-        return store.reader.query(sql, parameters)
+        return store.reader.query(sql, parameters, vetted=True)

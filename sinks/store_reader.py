@@ -103,8 +103,11 @@ class StoreReader:
         sql: str,
         parameters: Mapping[str, Any] | None = None,
         settings: Mapping[str, str] | None = None,
+        *,
+        vetted: bool = False,
     ) -> QueryResult:
-        """Rows of a read-only query. ``{name:Type}`` placeholders take values from parameters."""
+        """Rows of a read-only query. ``{name:Type}`` placeholders take values from parameters.
+        ``vetted``: only a plain SELECT over this database (for SQL from a person)."""
         if trailing_format(sql):
             raise StoreError("query() returns rows; drop the FORMAT clause or use query_bytes()")
         body = self.query_bytes(
@@ -113,6 +116,7 @@ class StoreReader:
             parameters,
             settings=settings,
             _internal={"output_format_json_quote_64bit_integers": "0"},
+            vetted=vetted,
         )
         try:
             return parse_json_compact(body)
@@ -129,11 +133,17 @@ class StoreReader:
         settings: Mapping[str, str] | None = None,
         database: str | None = None,
         _internal: Mapping[str, str] | None = None,
+        limits: Mapping[str, str] | None = None,
+        vetted: bool = False,
+        tag: str | None = None,
     ) -> bytes:
         """Raw output in a ClickHouse format (a trailing ``FORMAT X`` in the SQL wins).
 
         ``parameters`` are Python values; ``text_params`` are already in ClickHouse's escaped text
-        form (the HTTP endpoint's ``param_x``). Settings outside the allowlist are dropped.
+        form (the HTTP endpoint's ``param_x``). Settings outside the allowlist are dropped;
+        ``limits`` (time, memory, rows, bytes) are applied after them and win. ``vetted``: run only
+        a plain SELECT over this database, as the engine's own parser decides (``sql_guard``).
+        ``tag``: a label that cancel() finds the running query by.
         """
         if self._is_closed():
             raise StoreError("store is closed")
@@ -146,5 +156,12 @@ class StoreReader:
         if dropped:
             log.debug("settings_ignored %s", kv(names=",".join(sorted(dropped))))
         allowed.update(_internal or {})
+        allowed.update({k: str(v) for k, v in (limits or {}).items()})
         db = database if database and IDENT.match(database) else self.database
-        return self._backend.read(sql, fmt, params, allowed, db)
+        return self._backend.read(
+            sql, fmt, params, allowed, db, vet_database=self.database if vetted else None, tag=tag
+        )
+
+    def cancel(self, tag: str) -> None:
+        """Stop the running read labelled ``tag`` (its client went away)."""
+        self._backend.cancel(tag)

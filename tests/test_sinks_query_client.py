@@ -7,6 +7,7 @@ import pytest
 
 from dataward.config import Config, QueryConfig, StoreConfig
 from dwcore.sinks import query_client
+from dwcore.sinks.query_auth import ensure_token
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import Store, StoreError
 
@@ -40,7 +41,7 @@ def test_no_store_yet_is_a_clear_error(tmp_path):
 def test_live_endpoint_is_used(tmp_path):
     config = config_for(tmp_path)
     store = seed(config)
-    server = QueryServer(store.reader).start()
+    server = QueryServer(store.reader, token=ensure_token(config.query_token_file)).start()
     server.write_addr_file(config.query_addr_file)
     try:
         r = run_query(config, "SELECT {n:UInt8} + 1 AS n, currentDatabase() AS db", {"n": 41})
@@ -62,11 +63,34 @@ def test_stale_addr_file_falls_back_to_direct_chdb(tmp_path):
 def test_server_url_wins(tmp_path):
     owner_dir = tmp_path / "owner"
     store = seed(config_for(owner_dir))
-    server = QueryServer(store.reader).start()
+    token = ensure_token(owner_dir / "query.token")
+    server = QueryServer(store.reader, token=token).start()
+    host, port = server.address
     try:
         # data_dir has nothing; only the URL can answer
-        r = run_query(config_for(tmp_path / "empty", url=server.url), "SELECT count() FROM events")
+        url = f"http://dataward:{token}@{host}:{port}"
+        r = run_query(config_for(tmp_path / "empty", url=url), "SELECT count() FROM events")
         assert r.rows == [[0]] and server.counters["queries"] >= 1  # + the client's handshake
     finally:
         server.stop()
         store.close()
+
+
+def test_endpoint_without_readable_token_is_a_clear_error(tmp_path):
+    config = config_for(tmp_path)
+    store = seed(config)
+    server = QueryServer(store.reader, token="t" * 43).start()
+    server.write_addr_file(config.query_addr_file)
+    try:
+        with pytest.raises(StoreError, match="query token"):
+            run_query(config, "SELECT 1")
+    finally:
+        server.stop()
+        store.close()
+
+
+def test_direct_chdb_path_is_vetted_too(tmp_path):
+    config = config_for(tmp_path)
+    seed(config).close()
+    with pytest.raises(StoreError, match="ACCESS_DENIED"):
+        run_query(config, "SELECT file('/etc/passwd')")
