@@ -66,14 +66,13 @@ class QueryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Loopback only: the endpoint is read-only but forensic data is still sensitive.
     host: str = "127.0.0.1"
     port: int = 0  # 0 = pick a free port; the chosen address is written to <data_dir>/query.addr
-    # What one request may cost (a client may lower these, never raise them).
-    timeout_s: float = 60.0
-    max_memory_bytes: int = 1 << 30
-    max_result_rows: int = 1_000_000
-    max_result_bytes: int = 256 << 20
-    max_connections: int = 64
-    max_concurrent_queries: int = 4
-    idle_timeout_s: float = 30.0
+    timeout_s: float = 60.0  # max_execution_time of one query (a client may lower it, never raise it)
+    max_memory_bytes: int = 1 << 30  # max_memory_usage of one query
+    max_result_rows: int = 1_000_000  # rows one answer may have
+    max_result_bytes: int = 256 << 20  # bytes one answer may have
+    max_connections: int = 64  # open connections; at the bound the longest-waiting idle one is closed
+    max_concurrent_queries: int = 4  # threads that run queries; more requests wait their turn
+    idle_timeout_s: float = 30.0  # a keep-alive connection without a request is closed after this
 
     def limits(self) -> QueryLimits:
         from dwcore.sinks.query_server import QueryLimits

@@ -206,7 +206,7 @@ class ChdbBackend(_ClientWriter):
         conn = chdb.connect(self.path)
         try:
             conn.query(f"KILL QUERY WHERE Settings['log_comment'] = {quote(tag)} ASYNC")
-        except Exception as exc:  # noqa: BLE001 - the query may have just finished
+        except Exception as exc:
             log.debug("cancel_failed tag=%s error=%r", tag, str(exc)[:200])
         finally:
             conn.close()
@@ -252,7 +252,7 @@ class ServerBackend(_ClientWriter):
     def cancel(self, tag: str) -> None:
         try:
             self._client.command(f"KILL QUERY WHERE Settings['log_comment'] = {quote(tag)} ASYNC")
-        except Exception as exc:  # noqa: BLE001 - the query may have just finished
+        except Exception as exc:
             log.debug("cancel_failed tag=%s error=%r", tag, str(exc)[:200])
 
     def close(self) -> None:

@@ -161,7 +161,7 @@ class QueryServer:
                 )
                 host, port = self._server.sockets[0].getsockname()[:2]
                 self._address = (str(host), int(port))
-            except BaseException as exc:  # noqa: BLE001 - reported to start()
+            except BaseException as exc:
                 failure.append(exc)
                 ready.set()
                 loop.close()

@@ -250,7 +250,7 @@ def test_clickhouse_connect_needs_the_token(served):
     start, _, token = served
     server = start()
     host, port = server.address
-    with pytest.raises(Exception, match="516|401|uthentic"):
+    with pytest.raises(Exception, match=r"516|401|uthentic"):
         clickhouse_connect.get_client(host=host, port=port, compress=False)
     client = clickhouse_connect.get_client(host=host, port=port, username="dataward", password=token, compress=False)
     try:
