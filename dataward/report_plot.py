@@ -41,7 +41,7 @@ def plot_timeline(report: Report, path: Path) -> None:
         width = 1 / (24 * 60) * 0.9  # a bar per minute, in days (matplotlib's date unit)
         for activity in sorted(series):
             values = [series[activity].get(m, 0) for m in all_minutes]
-            ax.bar(all_minutes, values, width=width, bottom=[bottom[m] for m in all_minutes],
+            ax.bar(mdates.date2num(all_minutes), values, width=width, bottom=[bottom[m] for m in all_minutes],
                    label=_label(activity), align="edge", color=_ACTIVITY_COLOR.get(activity))
             for m, v in zip(all_minutes, values, strict=True):
                 bottom[m] += v
@@ -49,14 +49,14 @@ def plot_timeline(report: Report, path: Path) -> None:
         for n, (detected_at, severity, rule, *_) in enumerate(alerts.rows):
             when = _when(detected_at)
             color = _SEVERITY_COLOR.get(severity, "black")
-            ax.axvline(when, color=color, linestyle="--", linewidth=1.5)
+            ax.axvline(float(mdates.date2num(when)), color=color, linestyle="--", linewidth=1.5)
             # staggered heights so alerts close in time keep readable labels
             ax.annotate(_label(f"{severity} {rule} {detected_at[11:19]}"),
                         (mdates.date2num(when), top * (1.0 - 0.5 * (n % 2))), rotation=90, fontsize=8,
                         color=color, ha="right", va="top")
         since, until = report.summary.get("since"), report.summary.get("until")
         if since and until and until < "9999":
-            ax.set_xlim(_when(since), _when(until))
+            ax.set_xlim(float(mdates.date2num(_when(since))), float(mdates.date2num(_when(until))))
         user = _label(report.summary.get("user", ""))
         ax.set_title(f"{user}: events per minute by activity ({report.summary.get('alerts', 0)} alerts, dashed)")
         ax.set_ylabel("events per minute")
