@@ -180,6 +180,11 @@ class ChdbBackend(_ClientWriter):
                     conn.query(f"USE `{database}`")
                 except Exception:  # before ensure_schema; stay on default
                     log.debug("use_database_failed %s", kv(database=database))
+            if vet_database:
+                # Before the reader's settings: its result limits must bound its query, not the
+                # engine's parse of it (an EXPLAIN AST dump is longer than a 3-row limit).
+                sql = vet(lambda s, p: conn.query(s, "TabSeparated", params=dict(p)).bytes() or b"",
+                          sql, params, vet_database)
             conn.query(setting_sql("session_timezone", "UTC"))
             for name, value in settings.items():
                 conn.query(setting_sql(name, value))
@@ -187,9 +192,6 @@ class ChdbBackend(_ClientWriter):
                 conn.query(setting_sql("log_comment", tag))
             # Last, so nothing after it (including the SQL's own SETTINGS clause) can lift it.
             conn.query("SET readonly = 1")
-            if vet_database:
-                sql = vet(lambda s, p: conn.query(s, "TabSeparated", params=dict(p)).bytes() or b"",
-                          sql, params, vet_database)
             result = conn.query(sql, fmt, params=dict(params))
             return result.bytes() or b""
         except StoreError:
