@@ -146,6 +146,14 @@ class ResponseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     hooks: list[ResponseHookConfig] = []
 
 
+class CaptureConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Never blind: how the file agent captures, and how it catches up on what it could not see."""
+
+    rescan_at_start: bool = True  # diff the trees against the snapshot in <data_dir>/state
+    rescan_on_overflow: bool = True  # after an inotify queue overflow
+    snapshot_at_stop: bool = True
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".dataward"  # state: chDB store, spools, outbox, tokens (0700, owner-only files)
     policy_file: str = ""  # detection policy YAML; empty: the built-in default policy
@@ -159,6 +167,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     audit: AuditConfig = AuditConfig()
     canary: CanaryConfig = CanaryConfig()
     response: ResponseConfig = ResponseConfig()
+    capture: CaptureConfig = CaptureConfig()
 
     @property
     def device(self) -> str:
@@ -205,7 +214,7 @@ def read_secret(env_var: str, file_path: str = "") -> str:
 
 _SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig,
              "content": ContentConfig, "s3": S3Config, "audit": AuditConfig,
-             "canary": CanaryConfig, "response": ResponseConfig}
+             "canary": CanaryConfig, "response": ResponseConfig, "capture": CaptureConfig}
 
 
 # DATAWARD_* variables that are not configuration keys: the config file's path, the scripts'

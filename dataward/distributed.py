@@ -17,7 +17,8 @@ from dataward.datadir import DataDirLock
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.kafka_admin import ensure_topics
 from dwcore.agents.publisher import KafkaPublisher
-from dwcore.agents.watcher import FileWatcher
+from dwcore.agents.reconcile import BlindGuard, Reconciler
+from dwcore.agents.watcher import FileWatcher, agent_user
 from dwcore.backoff import Backoff
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
@@ -43,6 +44,14 @@ def ensure_all_topics(config: Config) -> None:
     client = config.kafka.client_config()
     ensure_topics(client, [topics.events], config.kafka.partitions)
     ensure_topics(client, [topics.alerts, topics.deadletter], 1)
+
+
+def _also(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        then()
+
+    return both
 
 
 class _AlertProducer:
@@ -103,17 +112,27 @@ def run_file_agent(
     alert_out = _AlertProducer(client, topics.alerts) if config.response.publish_alerts else None
     stages = AgentStages(config, policy, alert_sinks=[alert_out.send] if alert_out else [])
     emit = stages.emit_to(publisher.publish)
-    watcher = FileWatcher(roots, config.device, emit, exclude=[str(spool_dir), str(Path(config.data_dir))])
+    excluded = [str(spool_dir), str(Path(config.data_dir))]
+    watcher = FileWatcher(roots, config.device, emit, exclude=excluded)
+    cap = config.capture
+    guard = BlindGuard(Reconciler(roots, Path(config.data_dir) / "state", config.device, emit,
+                                  agent_user=agent_user(), exclude=excluded))
+    if cap.rescan_on_overflow:
+        watcher.on_queue_overflow = _also(watcher.on_queue_overflow, guard.overflow)  # type: ignore[method-assign]
     try:
         watcher.start()
         stages.start_side_watches(config.device, emit)
+        guard.start(cap.rescan_at_start)  # after the watches exist: nothing falls between rescan and live events
         log.info("file_agent_ready %s", kv(device=config.device, topic=topics.events,
                                            roots=",".join(watcher.roots), spool=spool_dir))
         if ready is not None:
             ready()
         stop.wait()
     finally:
+        guard.stop(snapshot=False)
         watcher.stop()
+        if cap.snapshot_at_stop:
+            guard.reconciler.snapshot_all()
         stages.close()
         if alert_out is not None:
             alert_out.close()
