@@ -112,4 +112,4 @@ def test_guard_rescans_after_overflow_off_the_capture_thread(tmp_path: Path) -> 
     assert guard.wait_idle(10)
     guard.stop()
     assert got.of(Activity.CREATE) == {"missed.txt"}
-    assert [e.message for e in got.events if e.alarm][0].count("inotify queue overflow") == 1
+    assert next(e.message for e in got.events if e.alarm).count("inotify queue overflow") == 1
