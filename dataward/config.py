@@ -149,6 +149,7 @@ class ResponseConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class CaptureConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Never blind: how the file agent captures, and how it catches up on what it could not see."""
 
+    backend: str = "auto"  # auto (inotify on Linux, else watchdog) | inotify | watchdog
     rescan_at_start: bool = True  # diff the trees against the snapshot in <data_dir>/state
     rescan_on_overflow: bool = True  # after an inotify queue overflow
     snapshot_at_stop: bool = True

@@ -5,6 +5,7 @@ themselves only see plain values (a client-config mapping, topic names, paths, a
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from dataward.config import Config
 from dataward.datadir import DataDirLock
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.kafka_admin import ensure_topics
+from dwcore.agents.lean_watcher import LeanWatcher
 from dwcore.agents.publisher import KafkaPublisher
 from dwcore.agents.reconcile import BlindGuard, Reconciler
 from dwcore.agents.watcher import FileWatcher, agent_user
@@ -44,6 +46,14 @@ def ensure_all_topics(config: Config) -> None:
     client = config.kafka.client_config()
     ensure_topics(client, [topics.events], config.kafka.partitions)
     ensure_topics(client, [topics.alerts, topics.deadletter], 1)
+
+
+def _watcher(backend: str) -> type[FileWatcher] | type[LeanWatcher]:
+    if backend not in ("auto", "inotify", "watchdog"):
+        raise ValueError(f"capture.backend must be auto, inotify or watchdog, not {backend!r}")
+    if backend == "inotify" or (backend == "auto" and sys.platform.startswith("linux")):
+        return LeanWatcher
+    return FileWatcher
 
 
 def _also(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:
@@ -113,8 +123,8 @@ def run_file_agent(
     stages = AgentStages(config, policy, alert_sinks=[alert_out.send] if alert_out else [])
     emit = stages.emit_to(publisher.publish)
     excluded = [str(spool_dir), str(Path(config.data_dir))]
-    watcher = FileWatcher(roots, config.device, emit, exclude=excluded)
     cap = config.capture
+    watcher = _watcher(cap.backend)(roots, config.device, emit, exclude=excluded)
     guard = BlindGuard(Reconciler(roots, Path(config.data_dir) / "state", config.device, emit,
                                   agent_user=agent_user(), exclude=excluded))
     if cap.rescan_on_overflow:
