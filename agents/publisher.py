@@ -18,6 +18,7 @@ import functools
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,19 @@ _TAKEN, _STOP = "taken", "stop"
 DEADLETTER_RAW_MAX = 64 * 1024
 
 
+def _spool_full_alarm(device: str, why: str) -> tuple[bytes, bytes]:
+    from dwcore.agents.watcher import agent_user
+    from dwcore.schemas.event import Activity, Attribution, Source, make_event
+
+    user = agent_user()
+    ev = make_event(Activity.OTHER, uid=uuid.uuid4().hex, time=int(time.time() * 1000), user_name=user,
+                    attribution=Attribution.AGENT, device=device, source=Source.AGENT, file_path=device,
+                    alarm="spool_full",
+                    message=(f"The agent's spool is full ({why}): new events are held in memory only and a "
+                             "crash now would lose them. Restore the connection to Kafka or free disk space."))
+    return user.encode(), encode(ev)
+
+
 def _next_id(rid: RecordId | None) -> RecordId | None:
     return None if rid is None else (rid[0], rid[1] + 1)
 
@@ -67,11 +81,13 @@ class KafkaPublisher:
         produce_budget_s: float = 0.5,
         service_interval_s: float = 0.1,
         backoff: Backoff | None = None,
+        spool_max_bytes: int = 0,
     ) -> None:
         self.topic = topic
         self.deadletter_topic = deadletter_topic
         self.device = device
-        self._spool = Spool(spool_dir)
+        self._spool = Spool(spool_dir, max_bytes=spool_max_bytes)
+        self._spool_full_since: float | None = None
         conf: dict[str, str | int | bool] = {**client_config, **PRODUCER_DEFAULTS,
                                               "client.id": f"dataward-agent-{device}"}
         conf.update(producer_overrides or {})
@@ -129,10 +145,18 @@ class KafkaPublisher:
                 ids = self._spool.append(records)
             except SpoolFullError as exc:
                 self._counters["spool_full"] += 1
-                log.warning("spool_full events=%d action=memory_only error=%s", len(records), exc)
+                log.error("spool_full events=%d action=memory_only_until_kafka_drains_the_spool error=%s",
+                          len(records), exc)
+                if self._spool_full_since is None:
+                    # Loud, once per episode: an alarm event goes out with the batch (from memory).
+                    self._spool_full_since = time.time()
+                    self._mem_waiting.append(_spool_full_alarm(self.device, str(exc)))
                 self._mem_waiting.extend(records)
                 self._pump(time.monotonic() + self._budget_s)
                 return
+            if self._spool_full_since is not None:
+                log.warning("spool_recovered full_for_s=%.1f", time.time() - self._spool_full_since)
+                self._spool_full_since = None
             deadline = time.monotonic() + self._budget_s
             if self._rewind is None and self._cursor == before and not self._mem_waiting:
                 # Caught up: produce straight from memory, no read-back from the spool.
@@ -258,7 +282,17 @@ class KafkaPublisher:
                 self._retry_after = time.monotonic() + self._backoff.next()
                 return _STOP
 
+    # Delivery reports run in whichever thread serves the producer: flush() serves them outside
+    # the lock, so each report takes the (re-entrant) lock itself before touching the bookkeeping.
     def _on_delivery(self, rid: RecordId, err: KafkaError | None, msg: Message | None) -> None:
+        with self._lock:
+            self._on_delivery_locked(rid, err, msg)
+
+    def _on_mem_delivery(self, key: bytes, value: bytes, err: KafkaError | None, msg: Message | None) -> None:
+        with self._lock:
+            self._on_mem_delivery_locked(key, value, err, msg)
+
+    def _on_delivery_locked(self, rid: RecordId, err: KafkaError | None, msg: Message | None) -> None:
         self._inflight.discard(rid)
         if err is None:
             self._counters["acked"] += 1
@@ -277,7 +311,8 @@ class KafkaPublisher:
         self._retry_after = time.monotonic() + self._backoff.next()
         self._failed(err)
 
-    def _on_mem_delivery(self, key: bytes, value: bytes, err: KafkaError | None, msg: Message | None) -> None:
+    def _on_mem_delivery_locked(self, key: bytes, value: bytes, err: KafkaError | None,
+                                msg: Message | None) -> None:
         if err is None:
             self._mem_inflight -= 1
             self._counters["acked"] += 1

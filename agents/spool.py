@@ -74,11 +74,12 @@ class Spool:
     """Not thread-safe: one owner (the publisher) serialises calls."""
 
     def __init__(self, directory: Path | str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, max_bytes: int = 0) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._segment_bytes = segment_bytes
         self._fsync = fsync
+        self.max_bytes = max_bytes  # 0 = only the disk limits the spool
         self._segments: dict[int, _Segment] = {}
         self._active: _Segment | None = None
         self._active_fd: int | None = None
@@ -141,9 +142,14 @@ class Spool:
         Raises SpoolFullError (nothing written) when the disk is full."""
         if not records:
             return []
-        seg, fd = self._writable()
         frames = [_frame(k, v) for k, v in records]
         blob = b"".join(frames)
+        if self.max_bytes and self.size_bytes + len(blob) > self.max_bytes:
+            # The configured cap: refuse like a full disk, so the caller keeps the batch in memory.
+            self.counters["full"] += 1
+            raise SpoolFullError(f"spool size cap reached in {self.directory}: {self.size_bytes} of "
+                                 f"{self.max_bytes} bytes used")
+        seg, fd = self._writable()
         start = seg.size
         try:
             written = 0
@@ -174,6 +180,11 @@ class Spool:
         if seg.size >= self._segment_bytes:
             self._seal_active()
         return ids
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes held in segment files (acked records leave when their whole segment is acked)."""
+        return sum(seg.size for seg in self._segments.values())
 
     def _writable(self) -> tuple[_Segment, int]:
         if self._active is None or self._active_fd is None:

@@ -153,6 +153,7 @@ class CaptureConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rescan_at_start: bool = True  # diff the trees against the snapshot in <data_dir>/state
     rescan_on_overflow: bool = True  # after an inotify queue overflow
     snapshot_at_stop: bool = True
+    spool_max_bytes: int = 2 * 1024**3  # beyond it: a loud spool_full alarm, new events held in memory
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -114,7 +114,8 @@ def run_file_agent(
         except (KafkaException, TimeoutError) as exc:
             log.warning("topic_check_failed %s", kv(topic=topics.events, error=exc, action="continue_with_spool"))
     spool_dir = config.spool_dir
-    publisher = KafkaPublisher(client, topics.events, spool_dir, config.device, deadletter_topic=topics.deadletter)
+    publisher = KafkaPublisher(client, topics.events, spool_dir, config.device, deadletter_topic=topics.deadletter,
+                               spool_max_bytes=config.capture.spool_max_bytes)
     if policy is None and config.response.fastpath:
         from dwcore.detectors.policy import load_policy
 
