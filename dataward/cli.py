@@ -33,6 +33,7 @@ agent_app.add_typer(s3_app, name="s3")
 cli_fileagent.register(agent_app)
 app.add_typer(cli_detect.rules_app, name="rules")
 app.add_typer(cli_detect.incident_app, name="incident")
+app.add_typer(cli_detect.model_app, name="model")
 
 out = Console()
 err = Console(stderr=True)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 rules_app = typer.Typer(no_args_is_help=True, help="Detection rules (policy YAML).")
 incident_app = typer.Typer(no_args_is_help=True, help="Incidents: the alerts of one user's activity.")
+model_app = typer.Typer(no_args_is_help=True, help="Learned baselines (scikit-learn IsolationForest).")
 
 out = Console()
 err = Console(stderr=True)
@@ -124,3 +125,24 @@ def _alert_from_row(row: dict) -> Alert:
         row[key] = ms(row[key])
     row["evidences"] = [dict(e) if isinstance(e, dict) else e for e in row.get("evidences", [])]
     return msgspec.convert(row, Alert, strict=False)
+
+
+@model_app.command("train")
+def model_train(
+    days: Annotated[int, typer.Option("--days", help="Training window: the last N days of history.")] = 30,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="State directory (chDB store).")] = None,
+    models_dir: Annotated[Path | None, typer.Option("--models-dir", help="Where models go "
+                                                    "(default: <data_dir>/models).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
+) -> None:
+    """Train per-user and per-group IsolationForest baselines from the event history."""
+    from dataward.cli import _config, _policy
+    from dataward.model_train import train_models
+
+    cfg = _config(config, data_dir=data_dir)
+    target = models_dir or cfg.models_dir
+    try:
+        train_models(cfg, _policy(cfg), days, target, out)
+    except Exception as exc:  # the store's message says what is missing
+        err.print(f"[red]training failed:[/red] {exc}")
+        raise typer.Exit(1) from None

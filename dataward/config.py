@@ -184,6 +184,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return Path(self.agent.spool_dir or Path(self.data_dir) / "spool")
 
     @property
+    def models_dir(self) -> Path:
+        """Where `dataward model train` writes baselines and the pipelines load them from."""
+        return Path(self.data_dir) / "models"
+
+    @property
     def query_addr_file(self) -> Path:
         return Path(self.data_dir) / "query.addr"
 

@@ -164,6 +164,7 @@ def run_worker(
     """The stream worker; runs until SIGINT/SIGTERM (faust's Worker installs the handlers)."""
     import faust
 
+    from dataward.model_train import load_models
     from dwcore.stream.faust_app import build_app
 
     prefix = config.kafka.topic_prefix
@@ -177,6 +178,7 @@ def run_worker(
         app_id=app_id,
         datadir=str(config.faust_dir),
         ready=ready,
+        scorer=load_models(config.models_dir, policy),
     )
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -15,6 +15,7 @@ from pathlib import Path
 from dataward.agent_pipeline import build_stages
 from dataward.config import Config
 from dataward.datadir import DataDirLock
+from dataward.model_train import load_models
 from dataward.privacy import make_private
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.pipeline import chain
@@ -32,7 +33,7 @@ from dwcore.sinks.query_auth import ensure_token
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import Store
 from dwcore.stream.bus import BatchBus
-from dwcore.stream.processing import close_quiet, detect
+from dwcore.stream.processing import close_quiet, detect, prepare
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class EmbeddedPipeline:
         self.on_alert = on_alert
         self.bus: BatchBus[AccessEvent] = BatchBus()
         self.state: dict[str, bytes] = {}
+        # Trained baselines, if `dataward model train` has made any (else the online EWMA).
+        self.scorer = load_models(config.models_dir, policy)
+        prepare(policy)
         self.events_processed = 0
         self.alerts_raised = 0
         self._stop = threading.Event()
@@ -142,7 +146,7 @@ class EmbeddedPipeline:
         # Alerts first: they are what a human is waiting for; the event history follows within
         # the flush interval.
         try:
-            for alert in detect(self.state, events, self.policy):
+            for alert in detect(self.state, events, self.policy, self.scorer):
                 self._emit_alert(alert)
         except Exception:
             # A bug in one batch's detection must not stop the history: keep recording events.

@@ -22,8 +22,9 @@ ALPHA = 0.05  # ~20-minute memory
 MAX_IDLE_FOLDS = 60  # idle minutes folded in one go (longer gaps count as one hour of zeros)
 MIN_OBSERVED = 20.0  # a spike smaller than this in a minute is never an anomaly, whatever the z
 
-# (user, vector) -> analyses; supplied by the caller from trained models (I/O stays outside).
-Scorer = Callable[[str, list[float]], list[AnomalyAnalysis]]
+# (user, vector) -> analyses, or None when no trained model covers the user (the EWMA then
+# decides); supplied by the caller from trained models (I/O stays outside, see detectors.model).
+Scorer = Callable[[str, list[float]], "list[AnomalyAnalysis] | None"]
 
 
 class Ewma(msgspec.Struct, array_like=True):
@@ -62,8 +63,11 @@ class Ewma(msgspec.Struct, array_like=True):
         if minute > self.minute:
             if self.minute >= 0 and self.current:
                 vec = [float(v) for v in self.current]
-                if self.n >= min_minutes:
-                    found = scorer(user, vec) if scorer is not None else self.zscores(vec, z_min)
+                scored = scorer(user, vec) if scorer is not None else None
+                if scored is not None:
+                    found = scored
+                elif self.n >= min_minutes:
+                    found = self.zscores(vec, z_min)
                 self._fold(vec)
                 zeros = [0.0] * len(MODEL_FEATURES)
                 for _ in range(min(minute - self.minute - 1, MAX_IDLE_FOLDS)):

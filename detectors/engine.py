@@ -233,6 +233,12 @@ def _apply_rules(run: _Run, ev: AccessEvent, facts: Facts, groups: tuple[str, ..
         run.touched[key] = inc
 
 
+def warm_up(policy: Policy) -> None:
+    """Load the name lists and compile the rules now, so the first event does not pay for it."""
+    _compile(policy)
+    _lists(policy)
+
+
 def tick(state: UserState | None, user: str, now_ms: int, policy: Policy) -> tuple[UserState, list[Alert]]:
     """Close the user's incidents that have been quiet until ``now_ms`` (closing versions).
 

@@ -27,6 +27,9 @@ LONG, CHURN, NEW = "long_lived", "churn", "new"
 class Memory(msgspec.Struct, array_like=True):
     created: RecentSet = msgspec.field(default_factory=lambda: RecentSet(nbytes=4096, capacity=3200))
     random_stems: RecentSet = msgspec.field(default_factory=lambda: RecentSet(nbytes=1024, capacity=800))
+    # Originals of new files of a valid type named after them (gzip x.log -> x.log.gz): deleting
+    # the original then is a conversion, not destruction.
+    converted: RecentSet = msgspec.field(default_factory=lambda: RecentSet(nbytes=2048, capacity=1600))
     exts: Lru = msgspec.field(default_factory=Lru)
     dirs: Lru = msgspec.field(default_factory=Lru)
 
@@ -60,10 +63,14 @@ def _is_random(ev: AccessEvent, s: Settings) -> bool:
 
 def _content_turned_random(ev: AccessEvent, s: Settings) -> str:
     """Why this write looks like encryption of what was there ('' = it does not)."""
-    if not _is_random(ev, s):
-        return ""
     magic = (ev.magic_type or "").lower()
     prev_magic = (ev.prev_magic_type or "").lower()
+    if not _is_random(ev, s):
+        # Header-only or intermittent encryption of a file the agent had no earlier sample of:
+        # the overall entropy stays moderate, but the type the extension promises is gone.
+        if ev.ext_mismatch and magic in UNKNOWN_TYPES and not prev_magic:
+            return f"type lost: {magic or 'unknown'} under extension {extension(ev.file_path) or '(none)'}"
+        return ""
     if ev.prev_entropy is not None and ev.entropy is not None and ev.entropy - ev.prev_entropy >= s.entropy_jump:
         return f"entropy {ev.prev_entropy:.1f}->{ev.entropy:.1f}"
     if prev_magic and prev_magic not in UNKNOWN_TYPES and magic in UNKNOWN_TYPES:
@@ -101,7 +108,7 @@ def classify(ev: AccessEvent, mem: Memory, lists: Lists, s: Settings) -> Facts:
         _classify_write(ev, mem, lists, s, f)
     elif act == Activity.DELETE:
         f.add("deletes")
-        if path in mem.created:
+        if path in mem.created or path in mem.converted:
             f.kind = CHURN
             f.add("deletes_churn")
         else:
@@ -128,6 +135,12 @@ def _classify_write(ev: AccessEvent, mem: Memory, lists: Lists, s: Settings, f: 
     if overwrite:
         f.add("overwrites")
         f.kind = CHURN if churn else LONG
+        magic = (ev.magic_type or "").lower()
+        if churn and _is_random(ev, s) and (magic in UNKNOWN_TYPES or ev.ext_mismatch):
+            # The first content of a file this user just created (the agent saw the create while
+            # it was still empty): an encrypted copy as much as a create with content would be.
+            f.add("random_creates")
+            mem.random_stems.add(_stem(path), t, s.churn_ms // 2)
         if not churn:
             f.add("overwrites_long")
             why = _content_turned_random(ev, s)
@@ -147,6 +160,8 @@ def _classify_write(ev: AccessEvent, mem: Memory, lists: Lists, s: Settings, f: 
         if _is_random(ev, s) and (magic in UNKNOWN_TYPES or ev.ext_mismatch):
             f.add("random_creates")
             mem.random_stems.add(_stem(path), t, s.churn_ms // 2)
+        elif magic and magic not in UNKNOWN_TYPES and not ev.ext_mismatch and _stem(path) != path:
+            mem.converted.add(_stem(path), t, s.churn_ms // 2)
         if ev.partial_encryption:
             f.add("partial_encryption")
     _name_features(path, ev, mem, lists, f)

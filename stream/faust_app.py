@@ -16,11 +16,12 @@ from typing import Any
 
 import faust
 
+from dwcore.detectors.baseline import Scorer
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
-from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect_user, group_by_user
+from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect_user, group_by_user, prepare
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,11 @@ def build_app(
     datadir: str,
     ready: Callable[[], None] | None = None,
     settings: Mapping[str, Any] | None = None,
+    scorer: Scorer | None = None,
 ) -> faust.App:
     """The worker app. ``datadir`` is where faust keeps its local files (never the checkout);
     ``settings`` are extra faust settings from the wiring (e.g. broker credentials)."""
+    prepare(policy)
     app = faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
@@ -142,7 +145,7 @@ def build_app(
                 partition = partition_of.get(user, 0)
                 token = _source_partition.set(partition)
                 try:
-                    alerts = detect_user(state, user, user_events, policy, offsets_of[user])
+                    alerts = detect_user(state, user, user_events, policy, offsets_of[user], scorer)
                 finally:
                     _source_partition.reset(token)
                 watching[user] = partition

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import msgspec
 
 from dwcore.detectors.baseline import Scorer
-from dwcore.detectors.engine import evaluate, has_open_incident, tick
+from dwcore.detectors.engine import evaluate, has_open_incident, tick, warm_up
 from dwcore.detectors.policy import Policy
 from dwcore.detectors.state import StateError, UserState, decode_state, encode_state
 from dwcore.logfmt import kv
@@ -138,6 +138,11 @@ def close_quiet(state: MutableMapping[str, bytes], user: str, now_ms: int, polic
         state[user] = _stored_encoder.encode(_Stored(done, encode_state(new_state)))
         _log_alerts(alerts)
     return alerts, has_open_incident(new_state)
+
+
+def prepare(policy: Policy) -> None:
+    """Call once at start: the name lists load and compile (~1 s) before the first event, not on it."""
+    warm_up(policy)
 
 
 def detect(state: MutableMapping[str, bytes], events: Sequence[AccessEvent], policy: Policy,

@@ -234,3 +234,11 @@ def test_hostile_names_do_not_break_features(policy: Policy) -> None:
     events = [ev(Activity.RENAME, i, p, file_new_path=p + ".wncry") for i, p in enumerate(weird)]
     alerts = alerts_of(policy, [events])
     assert "known_extension" in rules_in(alerts)
+
+
+def test_compressing_many_old_logs_is_a_conversion_not_a_bulk_delete(policy: Policy) -> None:
+    events = []
+    for i in range(120):
+        events.append(ev(Activity.CREATE, i * 10, f"/var/log/old/{i}.log.gz", entropy=7.9, magic_type="gzip"))
+        events.append(ev(Activity.DELETE, i * 10 + 5, f"/var/log/old/{i}.log"))
+    assert alerts_of(policy, [events]) == []
