@@ -322,7 +322,7 @@ class Watch:
 def _start(watch: Path, data: Path, jsonl: Path, log: Path) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "dataward.cli", "run", "--watch", str(watch), "--data-dir", str(data),
            "--alerts-jsonl", str(jsonl), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=REPO)  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, cwd=REPO)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("ready"):
@@ -368,7 +368,7 @@ def run_scenario(name: str, rate: float, files: int, tmp: Path) -> dict:
     while any(p.is_alive() for p in procs) or not done.empty():
         try:
             times.append(done.get(timeout=0.2))
-        except Exception:  # noqa: BLE001 - queue.Empty across processes
+        except Exception:
             continue
     for p in procs:
         p.join()

@@ -30,12 +30,12 @@ def test_train_versioned_models_and_score_an_unusual_minute(tmp_path) -> None:
         store.writer.ensure_schema()
         store.writer.insert_events(events)
     days = 100_000  # the synthetic history is in the future of now() - N days for any N: take all
-    target = train_models(cfg, policy, days, cfg.models_dir, Console(file=open("/dev/null", "w")))  # noqa: SIM115
+    target = train_models(cfg, policy, days, cfg.models_dir, Console(file=open("/dev/null", "w")))
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["version"] == 1 and manifest["window_days"] == days and manifest["rows"] == 180
     assert set(manifest["models"]) == {"user:alice", "everyone:*"}
     assert (cfg.models_dir / "latest").read_text().strip() == "v1"
-    assert train_models(cfg, policy, days, cfg.models_dir, Console(file=open("/dev/null", "w"))).name == "v2"  # noqa: SIM115
+    assert train_models(cfg, policy, days, cfg.models_dir, Console(file=open("/dev/null", "w"))).name == "v2"
 
     models = load_models(cfg.models_dir, policy)
     assert models is not None and models.version == "v2"
