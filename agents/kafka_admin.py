@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -12,8 +13,33 @@ from dwcore.logfmt import kv
 log = logging.getLogger(__name__)
 
 
+class Durability(NamedTuple):
+    """How topics are replicated on this cluster, and why."""
+
+    brokers: int
+    replication_factor: int
+    min_insync_replicas: int
+
+    def describe(self) -> str:
+        return (f"replication factor {self.replication_factor}, min.insync.replicas "
+                f"{self.min_insync_replicas} ({self.brokers} broker{'s' if self.brokers != 1 else ''})")
+
+
+def choose_durability(client_config: Mapping[str, str], timeout: float = 10.0) -> Durability:
+    """Replication factor 3 and min.insync.replicas 2 on a cluster of three brokers or more, so
+    that with acks=all one broker can die without losing an acknowledged event or stopping
+    producers; a smaller cluster gets what it can hold."""
+    conf = dict(client_config)
+    conf["socket.timeout.ms"] = str(int(timeout * 1000))
+    brokers = len(AdminClient(conf).list_topics(timeout=timeout).brokers)
+    if brokers >= 3:
+        return Durability(brokers, 3, 2)
+    return Durability(brokers, max(brokers, 1), 1)
+
+
 def ensure_topics(client_config: Mapping[str, str], names: list[str], partitions: int, *,
-                  replication_factor: int = -1, timeout: float = 30.0) -> list[str]:
+                  replication_factor: int = -1, timeout: float = 30.0,
+                  topic_config: Mapping[str, str] | None = None) -> list[str]:
     """Creates the topics that do not exist yet; returns the names it created.
 
     ``client_config`` is the librdkafka client settings (bootstrap, security).
@@ -25,7 +51,8 @@ def ensure_topics(client_config: Mapping[str, str], names: list[str], partitions
     conf = dict(client_config)
     conf["socket.timeout.ms"] = str(int(timeout * 1000))
     admin = AdminClient(conf)
-    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor) for n in names]
+    wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
+                       config=dict(topic_config or {})) for n in names]
     created: list[str] = []
     for name, fut in admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout).items():
         try:

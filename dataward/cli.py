@@ -220,8 +220,8 @@ def topics_create(bootstrap: BootstrapOpt = None, topic_prefix: PrefixOpt = None
     cfg = _config(config, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix)
     from dataward.distributed import ensure_all_topics
 
-    ensure_all_topics(cfg)
-    out.print("topics ready")
+    durability = ensure_all_topics(cfg)
+    out.print(f"topics ready: {durability.describe()}")
 
 
 @app.command()

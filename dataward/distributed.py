@@ -16,7 +16,7 @@ from dataward.agent_pipeline import AgentStages
 from dataward.config import Config
 from dataward.datadir import DataDirLock
 from dwcore.agents.inotify_limits import ensure_queue_size
-from dwcore.agents.kafka_admin import ensure_topics
+from dwcore.agents.kafka_admin import Durability, choose_durability, ensure_topics
 from dwcore.agents.lean_watcher import LeanWatcher
 from dwcore.agents.publisher import KafkaPublisher
 from dwcore.agents.reconcile import BlindGuard, Reconciler
@@ -40,12 +40,17 @@ def topics_of(config: Config) -> Topics:
     return Topics.with_prefix(config.kafka.topic_prefix)
 
 
-def ensure_all_topics(config: Config) -> None:
-    """The dw.* topics: events with the configured partitions (the unit of scale-out), the rest with one."""
+def ensure_all_topics(config: Config) -> Durability:
+    """The dw.* topics: events with the configured partitions (the unit of scale-out), the rest with
+    one; replicated as the cluster allows (choose_durability). Returns what was chosen."""
     topics = topics_of(config)
     client = config.kafka.client_config()
-    ensure_topics(client, [topics.events], config.kafka.partitions)
-    ensure_topics(client, [topics.alerts, topics.deadletter], 1)
+    durability = choose_durability(client)
+    extra = {"min.insync.replicas": str(durability.min_insync_replicas)}
+    rf = durability.replication_factor
+    ensure_topics(client, [topics.events], config.kafka.partitions, replication_factor=rf, topic_config=extra)
+    ensure_topics(client, [topics.alerts, topics.deadletter], 1, replication_factor=rf, topic_config=extra)
+    return durability
 
 
 def _watcher(backend: str) -> type[FileWatcher] | type[LeanWatcher]:
