@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from dataward import cli_detect, cli_fileagent
+from dataward import cli_detect, cli_fileagent, cli_schema
 from dataward.cli_report import report_app
 from dataward.cli_s3 import s3_app
 from dataward.config import Config, ConfigError, load_config
@@ -32,6 +32,7 @@ app.add_typer(report_app, name="report")
 agent_app.add_typer(s3_app, name="s3")
 cli_fileagent.register(agent_app)
 app.add_typer(cli_detect.rules_app, name="rules")
+app.command("schema")(cli_schema.schema)
 app.add_typer(cli_detect.incident_app, name="incident")
 app.add_typer(cli_detect.model_app, name="model")
 
