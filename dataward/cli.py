@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dataward import cli_detect, cli_fileagent, cli_schema
+from dataward.cli_custody import custody_app
 from dataward.cli_report import report_app
 from dataward.cli_s3 import s3_app
 from dataward.config import Config, ConfigError, load_config
@@ -29,6 +30,7 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(topics_app, name="topics")
 app.add_typer(policy_app, name="policy")
 app.add_typer(report_app, name="report")
+app.add_typer(custody_app, name="custody")
 agent_app.add_typer(s3_app, name="s3")
 cli_fileagent.register(agent_app)
 app.add_typer(cli_detect.rules_app, name="rules")

@@ -33,7 +33,10 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
     sasl_mechanism: str = ""  # e.g. SCRAM-SHA-512, PLAIN; empty: no SASL
     sasl_username: str = ""
-    sasl_password_file: str = ""  # the password itself only via DATAWARD_KAFKA_SASL_PASSWORD
+    sasl_password_file: str = ""
+    # How long the broker waits for a consumer that died before it hands its partitions to another
+    # (the sink after a kill -9); librdkafka's default is 45 s.
+    session_timeout_ms: int = 45_000  # the password itself only via DATAWARD_KAFKA_SASL_PASSWORD
 
     def client_config(self) -> dict[str, str]:
         """librdkafka settings shared by producers, consumers and admin clients (a fresh copy; the
@@ -60,6 +63,7 @@ class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Per-table retention in days, overriding the defaults derived from retention_days
     # (e.g. {heartbeats: 7, alerts: 1200}); see schemas/migrations.py table_ttl_days.
     ttl_days: dict[str, int] = {}
+    seal_interval_s: float = 5.0  # how often stored events are sealed into custody blocks
 
 
 class QueryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

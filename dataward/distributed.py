@@ -27,6 +27,7 @@ from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
+from dwcore.sinks.custody import Sealer
 from dwcore.sinks.jsonl import AlertJsonlWriter
 from dwcore.sinks.kafka_sink import ClickHouseSink, SinkCounters, consumer_config, run_sink_loop
 from dwcore.sinks.query_auth import ensure_token
@@ -220,7 +221,8 @@ def _run_sink(config: Config, topics: Topics, stop: threading.Event, ready: Call
             server = QueryServer(store.reader, config.query.host, config.query.port, token=token,
                                  limits=config.query.limits()).start()
             server.write_addr_file(config.query_addr_file)
-        consumer = Consumer(consumer_config(config.kafka.client_config(), group_id))
+        consumer = Consumer({**consumer_config(config.kafka.client_config(), group_id),
+                             "session.timeout.ms": config.kafka.session_timeout_ms})
         signalled = threading.Event()
 
         def signal_ready() -> None:
@@ -229,12 +231,21 @@ def _run_sink(config: Config, topics: Topics, stop: threading.Event, ready: Call
                 if ready is not None:
                     ready()
 
+        sink = ClickHouseSink(store.writer, topics, consumer, stop, alert_writer,
+                              batch_rows=config.store.batch_rows, flush_interval_s=config.store.flush_interval_s,
+                              sealer=Sealer(store.writer, config.store.seal_interval_s))
+
         def on_assign(cons: Consumer, parts: list[TopicPartition]) -> None:
             log.info("partitions_assigned %s", kv(count=len(parts)))
+            sink.on_assign(cons, parts)
             signal_ready()
 
-        consumer.subscribe([topics.events, topics.alerts, topics.deadletter], on_assign=on_assign)
-        sink = ClickHouseSink(store.writer, topics, consumer, stop, alert_writer)
+        def on_revoke(cons: Consumer, parts: list[TopicPartition]) -> None:
+            log.info("partitions_revoked %s", kv(count=len(parts)))
+            sink.on_revoke(cons, parts)
+
+        consumer.subscribe([topics.events, topics.alerts, topics.deadletter], on_assign=on_assign,
+                           on_revoke=on_revoke, on_lost=on_revoke)
         log.info("sink_started %s", kv(store=store.label, group=group_id))
         return run_sink_loop(sink, consumer, stop, signal_ready)
     finally:

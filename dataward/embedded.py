@@ -26,11 +26,13 @@ from dwcore.schemas.alert import Alert
 from dwcore.schemas.ddl import ALERTS_TABLE, EVENTS_TABLE
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.batcher import Batcher
+from dwcore.sinks.custody import Sealer
 from dwcore.sinks.errors import StoreFailure, StoreUnavailable
 from dwcore.sinks.jsonl import AlertJsonlWriter
 from dwcore.sinks.parking import Keeper, ParkingLot
 from dwcore.sinks.query_auth import ensure_token
 from dwcore.sinks.query_server import QueryServer
+from dwcore.sinks.replay import EmbeddedStream
 from dwcore.sinks.store import Store
 from dwcore.stream.bus import BatchBus
 from dwcore.stream.processing import close_quiet, detect, prepare
@@ -68,6 +70,7 @@ class EmbeddedPipeline:
         self._lock: DataDirLock | None = None
         self._keeper: Keeper | None = None
         self._batcher: Batcher[AccessEvent] | None = None
+        self._sealer: Sealer | None = None
         self._jsonl: AlertJsonlWriter | None = None
         self._server: QueryServer | None = None
         self._watcher: FileWatcher | None = None
@@ -87,8 +90,9 @@ class EmbeddedPipeline:
         self._keeper = Keeper(store.writer, ParkingLot(self.config.parked_dir), f"embedded:{self.config.device}")
         self._keeper.start()
         keeper = self._keeper
+        self._sealer = Sealer(store.writer, self.config.store.seal_interval_s)
         self._batcher = Batcher(
-            store.writer.insert_events,
+            EmbeddedStream(store.writer, self._sealer),
             batch_rows=self.config.store.batch_rows,
             flush_interval_s=self.config.store.flush_interval_s,
             on_permanent=lambda batch, exc: keeper.failed(EVENTS_TABLE, batch, exc),
@@ -126,9 +130,18 @@ class EmbeddedPipeline:
                 self._process(batch)
             elif self._stop.is_set() and self.bus.drained():
                 return
+            self._seal()
             if time.monotonic() - last_close >= CLOSE_EVERY_S:
                 last_close = time.monotonic()
                 self._close_quiet()
+
+    def _seal(self, force: bool = False) -> None:
+        if self._sealer is None:
+            return
+        try:
+            self._sealer.tick(force)
+        except StoreFailure as exc:  # sealing catches up on a later tick
+            log.warning("custody_seal_failed %s", kv(error=exc))
 
     def _close_quiet(self) -> None:
         now = int(time.time() * 1000)
@@ -184,6 +197,7 @@ class EmbeddedPipeline:
         if self._batcher and not self._batcher.close() and self._keeper:
             left = self._batcher.take_pending()
             self._keeper.failed(EVENTS_TABLE, left, StoreUnavailable("store unavailable at shutdown"))
+        self._seal(force=True)
         if self._keeper:
             self._keeper.stop()
         if self._jsonl:

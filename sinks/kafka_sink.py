@@ -1,15 +1,18 @@
-"""The distributed-mode sink: Kafka events, alerts and dead letters into ClickHouse, at least once.
+"""The distributed-mode sink: Kafka events, alerts and dead letters into ClickHouse, exactly once.
 
-Per (topic, partition) of each consumed batch: decode, insert with the dedup token
-``topic:partition:first-last``, and only then commit the offsets synchronously. A crash between
-insert and commit replays the batch; when the replay has the same boundaries the engine drops it
-by its token. A message that cannot be decoded, and a batch the store refuses for good, go to the
-dead-letter table with the reason, never nowhere. A retriable store failure retries the same batch
-with backoff and commits nothing. The process wiring (consumer loop, query endpoint) is in
+Messages are batched across polls by size (``batch_rows``) or age (``flush_interval_s``); a flush
+inserts one batch per table, every event and dead letter carrying its Kafka position, and only
+then commits the offsets synchronously. A replay after a crash or a rebalance, with any batch
+boundaries, skips what the store already holds (``sinks.replay``). A message that cannot be
+decoded, and a row the store refuses for good, go to the dead-letter table with the reason,
+never nowhere. While the store is unavailable the sink pauses its partitions and keeps polling
+(so it is never evicted from its group), and retries with backoff. Stored events are sealed in
+custody blocks (``sinks.custody``). The process wiring (consumer loop, query endpoint) is in
 ``dataward.distributed``.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -25,8 +28,10 @@ from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, d
 from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, EVENTS_TABLE
 from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.topics import Topics
-from dwcore.sinks.errors import StoreFailure, StoreUnavailable
+from dwcore.sinks.custody import Sealer
+from dwcore.sinks.errors import StoreError, StoreFailure, StoreUnavailable
 from dwcore.sinks.jsonl import AlertJsonlWriter
+from dwcore.sinks.replay import ReplayGuard
 from dwcore.sinks.store_writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -77,24 +82,15 @@ def _deadletter(msg: Message, reason: str, now_ms: int) -> DeadLetter:
     )
 
 
-def decode_group(route: Route, msgs: Sequence[Message], now_ms: int) -> tuple[list[Any], list[DeadLetter]]:
-    """Decode one partition's messages: (good records, dead letters for the bad ones)."""
-    good: list[Any] = []
-    bad: list[DeadLetter] = []
-    for msg in msgs:
-        raw = msg.value()
-        if raw is None:
-            bad.append(_deadletter(msg, "empty message (tombstone)", now_ms))
-            continue
-        try:
-            good.append(route.decode(raw))
-        except DecodeError as exc:
-            bad.append(_deadletter(msg, f"sink decode: {exc}", now_ms))
-    return good, bad
-
-
 class ClickHouseSink:
-    """The loop body, apart from the process wiring so tests can drive one batch at a time."""
+    """Batches Kafka messages by size or age and stores them exactly once, whatever replays.
+
+    ``poll()`` is the loop body: consume, add, flush when due. A flush decodes, skips what the
+    store already holds (``ReplayGuard``), inserts one batch per table with the rows' positions,
+    refuses bad rows one by one into the dead-letter table (bisecting a refused batch), and only
+    then commits. While the store is unavailable the sink pauses its partitions and keeps
+    polling, so it stays in its group however long the outage lasts, and retries with backoff.
+    """
 
     def __init__(
         self,
@@ -104,72 +100,56 @@ class ClickHouseSink:
         stop: threading.Event,
         alert_writer: AlertJsonlWriter | None = None,
         backoff: Backoff | None = None,
+        *,
+        batch_rows: int = CONSUME_BATCH,
+        flush_interval_s: float = 1.0,
+        sealer: Sealer | None = None,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.writer = writer
         self.consumer = consumer
         self.stop = stop
         self.counters = SinkCounters()
         self.backoff = backoff or Backoff(0.2, 30.0)
+        self.batch_rows = max(1, batch_rows)
+        self.flush_interval_s = flush_interval_s
+        self.sealer = sealer
+        self._now = now
+        self.guard = ReplayGuard(writer.rows)
+        self.events_topic = topics.events
+        self.positioned = {topics.events, topics.deadletter}  # rows that record their Kafka position
         self.routes: dict[str, Route] = {
             topics.events: Route(EVENTS_TABLE, decode_event, writer.insert_events),
-            topics.alerts: Route(ALERTS_TABLE, decode_alert, writer.insert_alerts,
+            topics.alerts: Route(ALERTS_TABLE, decode_alert, _without_positions(writer.insert_alerts),
                                  alert_writer.write_many if alert_writer is not None else None),
             topics.deadletter: Route(DEADLETTER_TABLE, decode_deadletter, writer.insert_deadletters),
         }
+        self.pending: dict[tuple[str, int], list[Message]] = {}
+        self.pending_rows = 0
+        self._oldest: float | None = None
+        self.paused = False
+        self._retry_at = 0.0
 
-    def _with_retry(self, what: str, fn: Callable[[], int]) -> int | None:
-        """Run fn until it succeeds; None if stopped while the store stays unavailable."""
-        while True:
-            try:
-                done = fn()
-            except StoreUnavailable as exc:
-                self.counters.retries += 1
-                delay = self.backoff.next()
-                log.warning("insert_retry %s", kv(what=what, backoff_s=f"{delay:.2f}", error=exc))
-                if self.stop.wait(delay):
-                    return None
-                continue
-            self.backoff.reset()
-            return done
+    # -- consumer callbacks ---------------------------------------------------------------
 
-    def handle_group(self, msgs: Sequence[Message]) -> bool:
-        """Insert one partition's slice then commit it. False if stopped before it was stored."""
-        topic, partition = msgs[0].topic(), msgs[0].partition()
-        first, last = msgs[0].offset(), msgs[-1].offset()
-        token = f"{topic}:{partition}:{first}-{last}"
-        route = self.routes[topic]
-        good, bad = decode_group(route, msgs, _now_ms())
-        if good:
-            try:
-                done = self._with_retry(token, lambda: route.insert(good, dedup_token=token))
-            except StoreFailure as exc:
-                # Permanent: the store refuses these rows (e.g. a value out of a column's range).
-                # Keep them whole in the dead-letter table rather than block the partition.
-                self.counters.errors += 1
-                log.error("insert_refused %s", kv(token=token, rows=len(good), error=exc))
-                now = _now_ms()
-                bad = [_deadletter(m, f"store refused batch: {exc}", now) for m in msgs]
-                good, done = [], 0
-            if done is None:
-                return False
-            self.counters.inserted[route.table] = self.counters.inserted_into(route.table) + done
-            if route.on_stored is not None and good:
-                # After the insert, before the commit: a replay may repeat a line (same uid), never skip one.
-                route.on_stored(good)
-        if bad:
-            # Own token: for the dead-letter topic the good rows went to the same table above.
-            bad_token = f"{token}:bad"
-            done = self._with_retry(bad_token, lambda: self.writer.insert_deadletters(bad, dedup_token=bad_token))
-            if done is None:
-                return False
-            self.counters.deadlettered += len(bad)
-            self.counters.inserted[DEADLETTER_TABLE] = self.counters.inserted_into(DEADLETTER_TABLE) + len(bad)
-        self.consumer.commit(offsets=[TopicPartition(topic, partition, last + 1)], asynchronous=False)
-        self.counters.commits += 1
-        return True
+    def on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        # A new owner cannot know what the last one stored before it died: look first.
+        self.guard.unsure(_src(tp.topic, tp.partition) for tp in parts if tp.topic in self.positioned)
+        if self.paused and parts:
+            consumer.pause(parts)
 
-    def handle_batch(self, msgs: Sequence[Message]) -> None:
-        groups: dict[tuple[str, int], list[Message]] = {}
+    def on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        for tp in parts:
+            dropped = self.pending.pop((tp.topic, tp.partition), [])
+            self.pending_rows -= len(dropped)  # not committed: the next owner replays them
+            src = _src(tp.topic, tp.partition)
+            self.guard.forget([src])
+            if self.sealer is not None:
+                self.sealer.forget(src)
+
+    # -- batching -------------------------------------------------------------------------
+
+    def add(self, msgs: Sequence[Message]) -> None:
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -180,11 +160,200 @@ class ClickHouseSink:
                 self.counters.errors += 1
                 log.warning("consume_error %s", kv(error=err))
                 continue
-            groups.setdefault((msg.topic(), msg.partition()), []).append(msg)
+            self.pending.setdefault((msg.topic(), msg.partition()), []).append(msg)
+            self.pending_rows += 1
             self.counters.received += 1
-        for group in groups.values():
-            if not self.handle_group(group):
-                return
+            if self._oldest is None:
+                self._oldest = self._now()
+
+    def due(self) -> bool:
+        if not self.pending_rows or self._now() < self._retry_at:
+            return False
+        if self.pending_rows >= self.batch_rows:
+            return True
+        return self._oldest is not None and self._now() - self._oldest >= self.flush_interval_s
+
+    def poll(self, timeout_s: float = CONSUME_TIMEOUT_S) -> None:
+        """One turn of the loop. Polls even while paused: that is what keeps the group membership."""
+        want = 1 if self.paused else max(1, self.batch_rows - self.pending_rows)
+        msgs = self.consumer.consume(num_messages=want, timeout=timeout_s)
+        if msgs:
+            self.add(msgs)
+        if self.due():
+            self.flush()
+        if self.sealer is not None and not self.paused:
+            try:
+                self.sealer.tick()
+            except StoreFailure as exc:  # both kinds: sealing catches up on a later tick
+                log.warning("custody_seal_failed %s", kv(error=exc))
+
+    def handle_batch(self, msgs: Sequence[Message]) -> bool:
+        """Store these messages now, retrying through an outage until stored or stopped."""
+        self.add(msgs)
+        while self.pending_rows:
+            if self.flush():
+                return True
+            if self.stop.wait(max(0.0, self._retry_at - self._now())):
+                return False
+        return True
+
+    # -- storing --------------------------------------------------------------------------
+
+    def flush(self) -> bool:
+        """Store and commit everything pending. False when the store is unavailable (kept, paused)."""
+        if not self.pending:
+            return True
+        groups = self.pending
+        sources = [_src(t, p) for (t, p) in groups if t in self.positioned]
+        try:
+            batches = self._prepare(groups)
+            for table, batch in batches.items():
+                self._store(table, batch)
+        except StoreUnavailable as exc:
+            self._backpressure(exc, sources)
+            return False
+        self._commit(groups)
+        self.pending, self.pending_rows, self._oldest = {}, 0, None
+        self.backoff.reset()
+        self._retry_at = 0.0
+        if self.paused:
+            self.paused = False
+            self.consumer.resume(self.consumer.assignment())
+            log.info("store_recovered %s", kv(action="partitions_resumed"))
+        return True
+
+    def _prepare(self, groups: Mapping[tuple[str, int], list[Message]]) -> dict[str, _Batch]:
+        batches: dict[str, _Batch] = {}
+        now_ms = _now_ms()
+        for (topic, partition), msgs in groups.items():
+            route = self.routes[topic]
+            src = _src(topic, partition)
+            if topic in self.positioned:
+                stored = self.guard.stored(src, msgs[0].offset())
+                if stored:
+                    before = len(msgs)
+                    msgs = [m for m in msgs if m.offset() not in stored]
+                    self.guard.skipped += before - len(msgs)
+            batch = batches.setdefault(route.table, _Batch(route))
+            dead = batches.setdefault(DEADLETTER_TABLE, _Batch(self.routes[self._dl_topic()]))
+            for msg in msgs:
+                raw = msg.value()
+                if raw is None:
+                    dead.add(_deadletter(msg, "empty message (tombstone)", now_ms), msg, src)
+                    continue
+                try:
+                    batch.add(route.decode(raw), msg, src)
+                except DecodeError as exc:
+                    dead.add(_deadletter(msg, f"sink decode: {exc}", now_ms), msg, src)
+        return {table: b for table, b in batches.items() if b.records}
+
+    def _dl_topic(self) -> str:
+        return next(t for t, r in self.routes.items() if r.table == DEADLETTER_TABLE)
+
+    def _store(self, table: str, batch: _Batch) -> None:
+        refused = self._insert_or_refuse(batch.route, batch.records, batch.msgs, batch.srcs)
+        stored = [r for r in batch.records if id(r) not in refused]
+        self.counters.inserted[table] = self.counters.inserted_into(table) + len(stored)
+        if table == DEADLETTER_TABLE:
+            # dead letters made here (undecodable messages), not those read from the dead-letter topic
+            dl_topic = self._dl_topic()
+            self.counters.deadlettered += sum(1 for r, m in zip(batch.records, batch.msgs, strict=True)
+                                              if id(r) not in refused and m.topic() != dl_topic)
+        if batch.route.on_stored is not None and stored:
+            # After the insert, before the commit: a replay may repeat a line (same uid), never skip one.
+            batch.route.on_stored(stored)
+
+    def _insert_or_refuse(self, route: Route, records: list[Any], msgs: list[Message], srcs: list[str]) -> set[int]:
+        """Insert; if the store refuses, bisect down to the refused rows and dead-letter each with
+        the store's reason. Returns the ids of the refused records."""
+        positions = (srcs, [m.offset() for m in msgs]) if msgs[0].topic() in self.positioned else None
+        token = _token(route.table, msgs)
+        try:
+            route.insert(records, dedup_token=token, positions=positions)
+            return set()
+        except StoreError as exc:
+            if len(records) > 1:
+                mid = len(records) // 2
+                return (self._insert_or_refuse(route, records[:mid], msgs[:mid], srcs[:mid])
+                        | self._insert_or_refuse(route, records[mid:], msgs[mid:], srcs[mid:]))
+            self.counters.errors += 1
+            log.error("insert_refused %s", kv(table=route.table, source=f"{srcs[0]}:{msgs[0].offset()}", error=exc))
+            if route.table == DEADLETTER_TABLE and records[0].reason.startswith("store refused"):
+                raise  # a refused dead letter cannot be parked in the dead-letter table: keep retrying
+            letter = _deadletter(msgs[0], f"store refused row: {exc}", _now_ms())
+            dl_route = self.routes[self._dl_topic()]
+            self._insert_or_refuse(dl_route, [letter], msgs, srcs)
+            self.counters.deadlettered += 1
+            return {id(records[0])}
+
+    def _backpressure(self, exc: StoreUnavailable, sources: list[str]) -> None:
+        self.counters.retries += 1
+        delay = self.backoff.next()
+        self._retry_at = self._now() + delay
+        self.guard.unsure(sources)  # the failed insert may have stored part of the batch
+        if not self.paused:
+            assignment = self.consumer.assignment()
+            self.consumer.pause(assignment)
+            self.paused = True
+            log.warning("store_backpressure %s", kv(action="partitions_paused", partitions=len(assignment),
+                                                    pending=self.pending_rows, error=exc))
+        else:
+            log.warning("insert_retry %s", kv(backoff_s=round(delay, 2), pending=self.pending_rows, error=exc))
+
+    def _commit(self, groups: Mapping[tuple[str, int], list[Message]]) -> None:
+        offsets = [TopicPartition(t, p, msgs[-1].offset() + 1) for (t, p), msgs in groups.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Stored but not committed (e.g. a rebalance): whoever reads these again skips them.
+            log.warning("commit_failed %s", kv(partitions=len(offsets), error=exc))
+            self.guard.unsure(_src(t, p) for (t, p) in groups if t in self.positioned)
+            return
+        self.counters.commits += 1
+        for (topic, partition), msgs in groups.items():
+            src, last = _src(topic, partition), msgs[-1].offset()
+            self.guard.committed(src, last)
+            if self.sealer is not None and topic == self.events_topic:
+                self.sealer.stored(src, last)
+
+
+class _Batch:
+    """The rows bound for one table in one flush, with the message and source of each."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.records: list[Any] = []
+        self.msgs: list[Message] = []
+        self.srcs: list[str] = []
+
+    def add(self, record: Any, msg: Message, src: str) -> None:
+        self.records.append(record)
+        self.msgs.append(msg)
+        self.srcs.append(src)
+
+
+def _src(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+def _token(table: str, msgs: Sequence[Message]) -> str:
+    """topic:partition:first-last per partition in the insert; hashed when it would grow long."""
+    spans: dict[tuple[str, int], list[int]] = {}
+    for m in msgs:
+        span = spans.setdefault((m.topic(), m.partition()), [m.offset(), m.offset(), 0])
+        span[0], span[1], span[2] = min(span[0], m.offset()), max(span[1], m.offset()), span[2] + 1
+    text = ",".join(f"{t}:{p}:{a}-{b}" + ("" if n == b - a + 1 else f"/{n}") for (t, p), (a, b, n) in
+                    sorted(spans.items()))
+    if len(text) > 200:
+        text = hashlib.sha256(text.encode()).hexdigest()
+    return f"{table}:{text}"
+
+
+def _without_positions(insert: Callable[..., int]) -> Callable[..., int]:
+    def call(records: list[Any], dedup_token: str | None = None, positions: Any = None) -> int:
+        return insert(records, dedup_token=dedup_token)
+
+    return call
 
 
 def consumer_config(client_config: Mapping[str, str], group_id: str) -> dict[str, Any]:
@@ -205,12 +374,17 @@ def run_sink_loop(
     """Consume and store until ``stop`` is set; logs counters every STATS_INTERVAL_S."""
     next_stats = time.monotonic() + STATS_INTERVAL_S
     while not stop.is_set():
-        msgs = consumer.consume(num_messages=CONSUME_BATCH, timeout=CONSUME_TIMEOUT_S)
+        sink.poll()
         on_first_poll()  # after the first poll even if no assignment came (more sinks than partitions)
-        if msgs:
-            sink.handle_batch(msgs)
         if time.monotonic() >= next_stats:
             log.info("sink_stats %s", sink.counters.line())
             next_stats = time.monotonic() + STATS_INTERVAL_S
+    if sink.pending_rows and not sink.flush():
+        log.warning("sink_stop_unflushed %s", kv(rows=sink.pending_rows, action="replayed_on_next_start"))
+    if sink.sealer is not None:
+        try:
+            sink.sealer.tick(force=True)
+        except (StoreFailure, StoreUnavailable) as exc:
+            log.warning("custody_seal_failed %s", kv(error=exc))
     log.info("sink_stopped %s", sink.counters.line())
     return sink.counters

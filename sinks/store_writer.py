@@ -23,12 +23,14 @@ from dwcore.schemas.ddl import (
     EVENTS_TABLE,
     INCIDENT_ACTION_COLUMNS,
     INCIDENT_ACTIONS_TABLE,
+    SOURCE_COLUMNS,
 )
 from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.chbackend import Backend
 
 Columns = tuple[tuple[str, str], ...]
+Positions = tuple[Sequence[str], Sequence[int]]  # (_src, _offset) per row
 
 
 @cache
@@ -76,16 +78,29 @@ class StoreWriter:
         from dwcore.sinks.store_reader import param_text, parse_json_compact
 
         params = {name: param_text(value) for name, value in parameters.items()}
-        body = self._backend.read(sql, "JSONCompact", params, {}, None)
+        body = self._backend.read(sql, "JSONCompact", params, {}, self.database)
         return parse_json_compact(body).rows
 
     def insert(
-        self, table: str, columns: Columns, items: Sequence[msgspec.Struct], dedup_token: str | None = None
+        self,
+        table: str,
+        columns: Columns,
+        items: Sequence[msgspec.Struct],
+        dedup_token: str | None = None,
+        positions: Positions | None = None,
     ) -> int:
+        """Insert ``items``; with ``positions`` ((srcs, offsets), one pair per item) each row also
+        records where it came from, which is what makes any replay exact (``sinks.replay``)."""
         if not items:
             return 0
         settings = {"insert_deduplication_token": dedup_token} if dedup_token else {}
         data = _pivot(items, columns)
+        if positions is not None:
+            srcs, offsets = positions
+            if len(srcs) != len(items) or len(offsets) != len(items):
+                raise ValueError("one position per row")
+            columns = columns + SOURCE_COLUMNS
+            data = [*data, srcs, offsets]
         self._backend.insert(
             f"`{self.database}`.`{table}`",
             [name for name, _ in columns],
@@ -95,8 +110,10 @@ class StoreWriter:
         )
         return len(items)
 
-    def insert_events(self, events: Sequence[AccessEvent], dedup_token: str | None = None) -> int:
-        return self.insert(EVENTS_TABLE, EVENT_COLUMNS, events, dedup_token)
+    def insert_events(
+        self, events: Sequence[AccessEvent], dedup_token: str | None = None, positions: Positions | None = None
+    ) -> int:
+        return self.insert(EVENTS_TABLE, EVENT_COLUMNS, events, dedup_token, positions)
 
     def insert_alerts(self, alerts: Sequence[Alert], dedup_token: str | None = None) -> int:
         return self.insert(ALERTS_TABLE, ALERT_COLUMNS, alerts, dedup_token)
@@ -104,5 +121,14 @@ class StoreWriter:
     def insert_incident_actions(self, actions: Sequence[IncidentAction]) -> int:
         return self.insert(INCIDENT_ACTIONS_TABLE, INCIDENT_ACTION_COLUMNS, actions)
 
-    def insert_deadletters(self, items: Sequence[DeadLetter], dedup_token: str | None = None) -> int:
-        return self.insert(DEADLETTER_TABLE, DEADLETTER_COLUMNS, items, dedup_token)
+    def insert_deadletters(
+        self, items: Sequence[DeadLetter], dedup_token: str | None = None, positions: Positions | None = None
+    ) -> int:
+        return self.insert(DEADLETTER_TABLE, DEADLETTER_COLUMNS, items, dedup_token, positions)
+
+    def command(self, sql: str) -> None:
+        self._backend.command(sql)
+
+    def rows(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[list[Any]]:
+        """Rows of a read-only query on this connection (replay positions, custody chain heads)."""
+        return self._rows(sql, parameters or {})

@@ -10,6 +10,7 @@ from confluent_kafka import Producer
 
 from dataward.config import Config, KafkaConfig, StoreConfig
 from dataward.distributed import run_clickhouse_sink
+from dwcore.backoff import Backoff
 from dwcore.schemas.alert import Alert, Severity
 from dwcore.schemas.codec import encode
 from dwcore.schemas.event import Activity, make_event
@@ -49,10 +50,20 @@ class FakeMsg:
 class FakeConsumer:
     def __init__(self):
         self.commits = []
+        self.paused = False
 
     def commit(self, offsets, asynchronous):
         assert asynchronous is False
         self.commits.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
+
+    def assignment(self):
+        return []
+
+    def pause(self, parts):
+        self.paused = True
+
+    def resume(self, parts):
+        self.paused = False
 
 
 def event(i: int):
@@ -105,25 +116,26 @@ def test_retriable_store_error_retries_without_committing_first(store):
     real = store.writer.insert_events
     calls = []
 
-    def flaky(events, dedup_token=None):
+    def flaky(events, dedup_token=None, positions=None):
         calls.append(dedup_token)
         if len(calls) < 3:
             assert consumer.commits == []
             raise StoreUnavailable("connection refused")
-        return real(events, dedup_token=dedup_token)
+        return real(events, dedup_token=dedup_token, positions=positions)
 
     store.writer.insert_events = flaky
-    sink = ClickHouseSink(store.writer, TOPICS, consumer, threading.Event())
+    sink = ClickHouseSink(store.writer, TOPICS, consumer, threading.Event(), backoff=Backoff(0.01, 0.02))
     sink.handle_batch([FakeMsg(TOPICS.events, 0, i, encode(event(i))) for i in range(3)])
-    assert calls == [f"{TOPICS.events}:0:0-2"] * 3
+    assert calls == [f"events:{TOPICS.events}:0:0-2"] * 3
     assert count(store, "events") == 3 and consumer.commits == [(TOPICS.events, 0, 3)]
+    assert consumer.paused is False and sink.counters.retries == 2
 
 
 def test_stop_during_outage_commits_nothing(store):
     consumer = FakeConsumer()
     stop = threading.Event()
 
-    def down(events, dedup_token=None):
+    def down(events, dedup_token=None, positions=None):
         stop.set()
         raise StoreUnavailable("down")
 
