@@ -6,13 +6,19 @@ All three write the same schema into tables of their own in one fresh chDB direc
 - baseline (a): the same events as JSONEachRow bytes (what arrives from Kafka), passed straight
   through ``raw_insert``; the wire's epoch-ms ``time`` is converted in the engine by a Null-engine
   landing table and a materialized view; checked row for row against the Store's table;
-- baseline (b): the engine alone, ``INSERT INTO ... SELECT`` generating similar rows from numbers().
+- baseline (b): the engine alone, ``INSERT INTO ... SELECT`` generating similar rows from numbers();
+- end to end: the same events as JSON messages in a Kafka topic (6 partitions, produced before the
+  clock starts), consumed by the distributed sink (``ClickHouseSink``: batching, replay guard,
+  positions, custody sealing) into a database of its own in the same chDB; checked row for row
+  against the Store's table. Needs Kafka (KAFKA_BOOTSTRAP, else the project's broker is started).
 """
 from __future__ import annotations
 
 import gc
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -145,20 +151,87 @@ def run(events: int, console: Console) -> list[Result]:
             counts = {t: count(store, t) for t in (EVENTS_TABLE, JSON_TABLE, SELECT_TABLE)}
             if set(counts.values()) != {n}:
                 raise RuntimeError(f"row counts differ from {n}: {counts}")
-            same_rows = fingerprint(store, EVENTS_TABLE) == fingerprint(store, JSON_TABLE)
+            same_fp = fingerprint(store, EVENTS_TABLE)
+            same_rows = same_fp == fingerprint(store, JSON_TABLE)
         finally:
             store.close()
+        sink_s, sink_same = end_to_end(workload, tmp, console)
     results = [
+        timed_result(BENCH, "Kafka -> ClickHouseSink -> chDB (end to end, 50k/batch)", n, sink_s,
+                     extra={"same rows as Store": "yes" if sink_same == same_fp else "NO"}),
         timed_result(BENCH, "Store.insert_events (structs, 10k/batch)", n, store_s),
         timed_result(BENCH, "(a) raw_insert JSONEachRow bytes (10k/batch)", n, json_s, baseline=True,
                      extra={"same rows as Store": "yes" if same_rows else "NO"}),
         timed_result(BENCH, "(b) engine INSERT ... SELECT FROM numbers()", n, select_s),
     ]
     with_rate_ratios(results)
-    engine = results[2].rate or 1.0
+    engine = results[3].rate or 1.0
     for r in results:
         r.extra["vs (b) engine"] = f"{(r.rate or 0) / engine:.2f}x"
     return results
+
+
+SINK_DB = "bench_sink"
+SINK_BATCH = 50_000
+
+
+def end_to_end(workload: list[AccessEvent], tmp: str, console: Console) -> tuple[float, int]:
+    """Seconds for the sink to take every event from Kafka into chDB; and its table's fingerprint."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient
+
+    from bench.publish import bootstrap, create_topic
+    from dwcore.schemas.topics import Topics
+    from dwcore.sinks.custody import Sealer
+    from dwcore.sinks.kafka_sink import ClickHouseSink, consumer_config
+
+    servers = bootstrap()
+    topics = Topics.with_prefix(f"bench{uuid.uuid4().hex[:8]}.")
+    admin = AdminClient({"bootstrap.servers": servers})
+    create_topic(admin, topics.events, 6)
+    create_topic(admin, topics.alerts, 1)
+    create_topic(admin, topics.deadletter, 1)
+    producer = Producer({"bootstrap.servers": servers, "linger.ms": 20, "compression.type": "lz4"})
+    for ev in workload:
+        while True:
+            try:
+                producer.produce(topics.events, key=ev.user_name.encode(), value=encode(ev))
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120):
+        raise RuntimeError("Kafka did not take every event")
+    n = len(workload)
+    store = Store.open(f"chdb://{Path(tmp) / 'chdb'}", SINK_DB)
+    consumer = Consumer({**consumer_config({"bootstrap.servers": servers}, f"{topics.events}.sink"),
+                         "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20})
+    try:
+        store.writer.ensure_schema()
+        sink = ClickHouseSink(store.writer, topics, consumer, threading.Event(), batch_rows=SINK_BATCH,
+                              flush_interval_s=1.0, sealer=Sealer(store.writer, 5.0))
+        consumer.subscribe([topics.events, topics.alerts, topics.deadletter], on_assign=sink.on_assign,
+                           on_revoke=sink.on_revoke)
+        while not consumer.assignment():  # the group join is not part of the measurement
+            consumer.poll(0.1)
+        with progress(console) as prog:
+            task = prog.add_task("Kafka -> sink -> chDB", total=n)
+            t0 = time.perf_counter()
+            while sink.counters.received < n or sink.pending_rows:
+                before = sink.counters.inserted_into(EVENTS_TABLE)
+                sink.poll(0.2)
+                prog.advance(task, sink.counters.inserted_into(EVENTS_TABLE) - before)
+            sink.sealer.tick(force=True)
+            sink_s = time.perf_counter() - t0
+        stored = int(store.reader.query(f"SELECT count() FROM {SINK_DB}.{EVENTS_TABLE}").rows[0][0])
+        if stored != n:
+            raise RuntimeError(f"the sink stored {stored} of {n} events")
+        cols = ", ".join(f"`{c}`" for c, _ in EVENT_COLUMNS)
+        fp = int(store.reader.query(f"SELECT groupBitXor(cityHash64(toString(tuple({cols})))) "
+                                    f"FROM {SINK_DB}.{EVENTS_TABLE}").rows[0][0])
+    finally:
+        consumer.close()
+        store.close()
+    return sink_s, fp
 
 
 def report(console: Console, results: list[Result]) -> None:
