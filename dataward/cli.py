@@ -37,6 +37,7 @@ app.add_typer(cli_detect.rules_app, name="rules")
 app.command("schema")(cli_schema.schema)
 app.add_typer(cli_detect.incident_app, name="incident")
 app.add_typer(cli_detect.model_app, name="model")
+app.add_typer(__import__("dataward.cli_backup", fromlist=["app"]).app, name="backup")
 
 out = Console()
 err = Console(stderr=True)
@@ -109,12 +110,17 @@ def run(
     data_dir: DataDirOpt = None,
     alerts_jsonl: Annotated[str | None, typer.Option("--alerts-jsonl", help="Append alerts as JSON lines.")] = None,
     policy: PolicyOpt = None,
+    backup_bucket: Annotated[str | None, typer.Option("--backup-bucket", help="Back up what is watched, "
+                                                      "continuously, to this versioned S3 bucket; halts on alerts.")]
+    = None,
+    backup_endpoint_url: Annotated[str | None, typer.Option("--backup-endpoint-url", help="S3 endpoint.")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Embedded mode: watch directories, detect, store and alert, all in this process."""
     setup_logging(log_level)
-    cfg = _config(config, data_dir=data_dir, alerts_jsonl=alerts_jsonl, policy_file=policy)
+    cfg = _config(config, data_dir=data_dir, alerts_jsonl=alerts_jsonl, policy_file=policy,
+                  backup__bucket=backup_bucket, backup__endpoint_url=backup_endpoint_url)
     missing = [str(w) for w in watch if not w.is_dir()]
     if missing:
         err.print(f"[red]not a directory:[/red] {', '.join(missing)}")
@@ -123,21 +129,31 @@ def run(
     from dataward.embedded import EmbeddedPipeline
 
     stop = _stop_on_signals()
-    pipeline = EmbeddedPipeline(cfg, _policy(cfg), [str(w) for w in watch], on_alert=print_alert)
+    backup = None
+    if cfg.backup.bucket:
+        from dataward.cli_backup import EmbeddedBackup
+
+        backup = EmbeddedBackup(cfg, [str(w) for w in watch])
+    pipeline = EmbeddedPipeline(cfg, _policy(cfg), [str(w) for w in watch], on_alert=print_alert, backup=backup)
     from dataward.datadir import DataDirInUse
 
     try:
         pipeline.start()
+        if backup:
+            backup.start(pipeline.store)
     except DataDirInUse as exc:  # taken before anything else starts: nothing to stop
         sys.stderr.write(f"{exc}\n")
         raise typer.Exit(1) from None
     except Exception:
         pipeline.stop()
         raise
-    _ready(f"watching {', '.join(pipeline.watch)}; query endpoint {pipeline.query_url}")
+    _ready(f"watching {', '.join(pipeline.watch)}; query endpoint {pipeline.query_url}"
+           + (f"; backup to s3://{cfg.backup.bucket}/{cfg.backup.prefix}" if backup else ""))
     try:
         stop.wait()
     finally:
+        if backup:
+            backup.stop()
         pipeline.stop()
     out.print(f"stopped: {pipeline.events_processed} events, {pipeline.alerts_raised} alerts")
 

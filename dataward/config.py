@@ -100,6 +100,29 @@ class ContentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     middle_bytes: int = 4096
     tail_bytes: int = 4096
     cache_bytes: int = 16 * 1024 * 1024  # previous samples kept to spot partial encryption
+class BackupConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bucket: str = ""  # empty: no backup (embedded: --backup-bucket)
+    prefix: str = ""
+    endpoint_url: str = ""  # empty: AWS; e.g. http://127.0.0.1:9000 for MinIO
+    region: str = ""
+    journal_dir: str = ""  # defaults to <data_dir>/backup
+    # Zero trust: which alerts halt the backup.
+    halt_severity: str = "high"  # low | medium | high | critical
+    protect_users: list[str] = []  # empty: an alert about any user halts
+    protect_paths: list[str] = []  # empty: an alert about any path halts
+    halt_on_drill: bool = True
+    tag_suspects: bool = True  # S3 tag dataward-suspect=<incident> on suspect versions
+    # Hook mode: pause/resume an external backup job the same way (command without a shell, or POST).
+    pause_command: str = ""
+    pause_url: str = ""
+    resume_command: str = ""
+    resume_url: str = ""
+    # Upload tuning.
+    part_size_mb: int = 8
+    multipart_threshold_mb: int = 8
+    concurrency: int = 4
+    debounce_s: float = 0.2
+    checkpoint_s: float = 300.0  # continuous mode: a manifest in the bucket this often
 
 
 class S3Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -174,6 +197,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     canary: CanaryConfig = CanaryConfig()
     response: ResponseConfig = ResponseConfig()
     capture: CaptureConfig = CaptureConfig()
+    backup: BackupConfig = BackupConfig()
 
     @property
     def device(self) -> str:
@@ -211,6 +235,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """faust's local files (it would otherwise write ``<app-id>-data/`` into the working dir)."""
         return Path(self.data_dir) / "faust"
 
+    @property
+    def backup_dir(self) -> Path:
+        return Path(self.backup.journal_dir or Path(self.data_dir) / "backup")
+
 
 def read_secret(env_var: str, file_path: str = "") -> str:
     """A secret from the environment, else from a file (e.g. a mounted Kubernetes secret)."""
@@ -225,7 +253,8 @@ def read_secret(env_var: str, file_path: str = "") -> str:
 
 _SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig,
              "content": ContentConfig, "s3": S3Config, "audit": AuditConfig,
-             "canary": CanaryConfig, "response": ResponseConfig, "capture": CaptureConfig}
+             "canary": CanaryConfig, "response": ResponseConfig, "capture": CaptureConfig,
+             "backup": BackupConfig}
 
 
 # DATAWARD_* variables that are not configuration keys: the config file's path, the scripts'

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from dataward.agent_pipeline import build_stages
 from dataward.config import Config
@@ -44,6 +45,13 @@ TAKE_WITHIN_S = 0.05
 CLOSE_EVERY_S = 5.0  # how often quiet incidents get their closing version
 
 
+class BackupHook(Protocol):
+    """The backup controller's two inputs: alerts (halt) and the events that passed detection."""
+
+    def on_alert(self, alert: Alert) -> object: ...
+    def on_events(self, events: Sequence[AccessEvent]) -> None: ...
+
+
 class EmbeddedPipeline:
     """Start with start(); stop with stop() (idempotent). on_alert is called for each alert."""
 
@@ -53,11 +61,13 @@ class EmbeddedPipeline:
         policy: Policy,
         watch: Sequence[str],
         on_alert: Callable[[Alert], None] | None = None,
+        backup: BackupHook | None = None,
     ) -> None:
         self.config = config
         self.policy = policy
         self.watch = [str(Path(w).resolve()) for w in watch]
         self.on_alert = on_alert
+        self.backup = backup
         self.bus: BatchBus[AccessEvent] = BatchBus()
         self.state: dict[str, bytes] = {}
         # Trained baselines, if `dataward model train` has made any (else the online EWMA).
@@ -116,6 +126,10 @@ class EmbeddedPipeline:
                  kv(watch=",".join(self.watch), data_dir=self.config.data_dir, query=self.query_url))
 
     @property
+    def store(self) -> Store | None:
+        return self._store
+
+    @property
     def query_url(self) -> str:
         if not self._server:
             return ""
@@ -164,12 +178,19 @@ class EmbeddedPipeline:
         except Exception:
             # A bug in one batch's detection must not stop the history: keep recording events.
             log.exception("detect_failed %s", kv(events=len(events)))
+        if self.backup:  # after detection: a batch that raised an alert has already halted the backup
+            self.backup.on_events(events)
         self._batcher.add_many(events)
         self.events_processed += len(events)
 
     def _emit_alert(self, alert: Alert) -> None:
         assert self._store is not None and self._keeper is not None
         self.alerts_raised += 1
+        if self.backup:  # zero trust: halt the backup before anything else
+            try:
+                self.backup.on_alert(alert)
+            except Exception:
+                log.exception("backup_on_alert_failed uid=%s", alert.uid)
         # The human first: a chDB insert costs ~17 ms (~180 ms for the first after start).
         if self.on_alert:
             try:

@@ -205,6 +205,34 @@ CUSTODY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("sealed_at", "DateTime64(3, 'UTC')"),
 )
 
+# The backup controller (sinks/backup_*): every S3 version it wrote (a later row with a higher
+# `rev` flags it suspect), and its audit trail (halts, resumes, seals, hooks). Column order mirrors
+# dwcore.sinks.backup_model (ManifestRow, AuditRow). Runs go to backup_runs above.
+BACKUP_MANIFEST_TABLE = "backup_manifest"
+BACKUP_AUDIT_TABLE = "backup_audit"
+
+BACKUP_MANIFEST_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("bucket", "LowCardinality(String)"),
+    ("key", "String"),
+    ("version_id", "String"),
+    ("run_id", "String"),
+    ("path", "String"),
+    ("size", "UInt64"),
+    ("sha256", "String"),
+    ("uploaded_at", "DateTime64(3, 'UTC')"),
+    ("suspect", "Bool"),
+    ("incident", "String"),
+    ("rev", "UInt64"),
+)
+
+BACKUP_AUDIT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time", "DateTime64(3, 'UTC')"),
+    ("action", "LowCardinality(String)"),
+    ("incident", "String"),
+    ("who", "String"),
+    ("detail", "String"),
+)
+
 _SETTINGS = "SETTINGS non_replicated_deduplication_window = 1000"
 
 

@@ -19,6 +19,10 @@ from typing import NamedTuple
 
 from dwcore.schemas.ddl import (
     ALERTS_TABLE,
+    BACKUP_AUDIT_COLUMNS,
+    BACKUP_AUDIT_TABLE,
+    BACKUP_MANIFEST_COLUMNS,
+    BACKUP_MANIFEST_TABLE,
     BACKUP_RUN_COLUMNS,
     BACKUP_RUNS_TABLE,
     CUSTODY_COLUMNS,
@@ -248,6 +252,25 @@ ORDER BY (uid, time)
 SETTINGS {_DEDUP}"""]
 
 
+def _v4_backup(ctx: Context) -> list[str]:
+    """The backup controller's versions (suspect flags replace rows: ReplacingMergeTree on rev) and
+    its audit trail. Neither expires: they are the chain of custody of the backup itself."""
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {ctx.table(BACKUP_MANIFEST_TABLE)} (
+    {_cols(BACKUP_MANIFEST_COLUMNS)}
+) ENGINE = ReplacingMergeTree(rev)
+PARTITION BY toYYYYMM(uploaded_at)
+ORDER BY (bucket, key, version_id)
+SETTINGS {_DEDUP}""",
+        f"""CREATE TABLE IF NOT EXISTS {ctx.table(BACKUP_AUDIT_TABLE)} (
+    {_cols(BACKUP_AUDIT_COLUMNS)}
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(time)
+ORDER BY time
+SETTINGS {_DEDUP}""",
+    ]
+
+
 def migrations_table_ddl(ctx: Context) -> list[str]:
     return [
         f"CREATE DATABASE IF NOT EXISTS `{ctx.database}`",
@@ -264,4 +287,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "forensics: replay positions, codecs, events_by_path, user_minute, deliveries, inventory, "
                  "heartbeats, backup_runs, custody_blocks, incident_events", _v2_forensics),
     Migration(3, "detection: incident_actions (who resolved an incident)", _v3_incident_actions),
+    Migration(4, "backup: backup_manifest, backup_audit", _v4_backup),
 )
