@@ -45,7 +45,7 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = open(log, "wb")  # noqa: SIM115 - lives as long as the server
+    out = open(log, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
@@ -161,7 +161,7 @@ def put_rtt(s3, bucket: str, runs: int) -> list[float]:
 
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 def run(files: int, large: int, runs: int, console: Console) -> list[Result]:

@@ -27,7 +27,7 @@ BucketOpt = Annotated[str | None, typer.Option("--bucket", help="Versioned S3 bu
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint (MinIO, a local test server).")]
 
 
-def _config(config: Path | None, **overrides: object):  # noqa: ANN202 - dataward.config.Config
+def _config(config: Path | None, **overrides: object):
     from dataward.cli import _config as load
 
     return load(config, **overrides)
@@ -83,7 +83,7 @@ def _progress(disable: bool = False) -> Progress:
                     console=err, disable=disable, transient=False)
 
 
-def _recorder(cfg):  # noqa: ANN001, ANN202 - Config; the store is optional for a standalone run
+def _recorder(cfg):
     from dwcore.sinks.backup_record import StoreRecorder
     from dwcore.sinks.errors import StoreFailure
     from dwcore.sinks.store import Store
@@ -100,7 +100,7 @@ def _recorder(cfg):  # noqa: ANN001, ANN202 - Config; the store is optional for 
     return StoreRecorder(store.writer if store else None, cfg.backup_dir / "pending")
 
 
-def _parts(cfg, bucket: str | None, endpoint_url: str | None, recorder=None):  # noqa: ANN001, ANN202
+def _parts(cfg, bucket: str | None, endpoint_url: str | None, recorder=None):
     from dataward.backup_setup import BackupParts
 
     try:
@@ -159,7 +159,7 @@ def run(
         raise typer.Exit(3)
 
 
-def _run_once(parts, directory: str) -> None:  # noqa: ANN001
+def _run_once(parts, directory: str) -> None:
     with _progress() as progress:
         up = parts.uploader(directory, parts.cfg.backup.prefix, _Bar(progress, "backup"))
         run_id = up.start_run("once")
@@ -174,7 +174,7 @@ def _run_once(parts, directory: str) -> None:  # noqa: ANN001
         err.print(f"[red]failed:[/red] {escape(path)}")
 
 
-def _run_continuous(parts, directory: str, stop: threading.Event) -> None:  # noqa: ANN001
+def _run_continuous(parts, directory: str, stop: threading.Event) -> None:
     from dwcore.agents.watcher import FileWatcher
 
     cont = parts.continuous([directory])
@@ -190,7 +190,7 @@ def _run_continuous(parts, directory: str, stop: threading.Event) -> None:  # no
     out.print(f"stopped: {cont.stats.uploaded} uploaded, {cont.stats.unchanged} unchanged")
 
 
-def _start_alert_thread(cfg, parts, stop: threading.Event) -> None:  # noqa: ANN001
+def _start_alert_thread(cfg, parts, stop: threading.Event) -> None:
     import socket
 
     from dwcore.schemas.topics import Topics
@@ -206,7 +206,7 @@ def _start_alert_thread(cfg, parts, stop: threading.Event) -> None:  # noqa: ANN
     started.wait(30)
 
 
-def _print_halt(parts) -> None:  # noqa: ANN001
+def _print_halt(parts) -> None:
     for inc in parts.journal.open_incidents():
         err.print(f"[bold red]BACKUP HALTED[/bold red] by incident {escape(inc.uid)} ({escape(inc.rule)}, "
                   f"{escape(inc.severity)}, user {escape(inc.user)}) at {_ms(inc.halted_at)} UTC. "
@@ -235,7 +235,7 @@ def controller(
     parts = _parts(cfg, None, None, _recorder(cfg))
     stop = _stop_on_signals()
 
-    def on_alert(alert) -> None:  # noqa: ANN001
+    def on_alert(alert) -> None:
         incident = parts.controller.on_alert(alert)
         if incident is not None:
             out.print(f"[bold red]BACKUP HALTED[/bold red] incident={escape(incident.uid)} "
@@ -414,7 +414,7 @@ class EmbeddedBackup:
     """`dataward run --backup-bucket`: the continuous backup of the watched roots, halted in-process
     by the pipeline's alerts (EmbeddedPipeline's BackupHook)."""
 
-    def __init__(self, cfg, roots: list[str]) -> None:  # noqa: ANN001 - dataward.config.Config
+    def __init__(self, cfg, roots: list[str]) -> None:
         from dataward.backup_setup import BackupParts
         from dwcore.sinks.backup_record import StoreRecorder
 
@@ -422,13 +422,13 @@ class EmbeddedBackup:
         self.parts = BackupParts(cfg, recorder=self.recorder)
         self.continuous = self.parts.continuous(roots)
 
-    def start(self, store) -> None:  # noqa: ANN001 - the pipeline's Store (it owns the chDB directory)
+    def start(self, store) -> None:
         self.recorder.store = store.writer if store is not None else None
         if self.parts.gate.closed:
             _print_halt(self.parts)
         self.continuous.start()
 
-    def on_alert(self, alert) -> None:  # noqa: ANN001
+    def on_alert(self, alert) -> None:
         incident = self.parts.controller.on_alert(alert)
         if incident is not None:
             err.print(f"[bold red]BACKUP HALTED[/bold red] incident {escape(incident.uid)}: nothing more is "
@@ -436,7 +436,7 @@ class EmbeddedBackup:
                       f"{self.parts.controller.latencies_ms[-1]:.1f} ms). Resume after review: "
                       f"dataward backup resume --incident {escape(incident.uid)}")
 
-    def on_events(self, events) -> None:  # noqa: ANN001
+    def on_events(self, events) -> None:
         self.continuous.on_events(events)
 
     def stop(self) -> None:

@@ -97,7 +97,7 @@ def test_incremental_forever_multipart_manifest_and_restore(env) -> None:
 
 
 def test_hash_mismatch_is_refused_not_written(env) -> None:
-    s3, bucket, journal, gate, tmp = env
+    s3, bucket, _journal, _gate, tmp = env
     # A version planted by someone else with a hash that does not match its content.
     s3.put_object(Bucket=bucket, Key="p/evil.txt", Body=b"tampered", Metadata={"sha256": "0" * 64})
     s3.put_object(Bucket=bucket, Key="p/../../escape.txt", Body=b"x",
@@ -156,7 +156,7 @@ def test_interrupted_multipart_resumes_from_its_last_part(env) -> None:
 class _Receiver(http.server.BaseHTTPRequestHandler):
     bodies: list[dict] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         self.send_response(204)
         self.end_headers()
