@@ -5,6 +5,8 @@ themselves only see plain values (a client-config mapping, topic names, paths, a
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -164,6 +166,19 @@ def run_file_agent(
     return counters
 
 
+# A worker that dies (kill -9, lost host) is dropped from the group after this long without a
+# heartbeat, and its partitions, with their users' state, move to the others: faust's 60 s default
+# would leave an attack on those partitions unwatched for a minute.
+WORKER_SESSION_TIMEOUT_S = 10.0
+
+
+def _worker_settings() -> dict[str, object]:
+    # The client id names the process, so `kafka-consumer-groups --describe` (and the tests) can tell
+    # which worker owns which partition.
+    return {"broker_client_id": f"dataward-worker-{socket.gethostname()}-{os.getpid()}",
+            "broker_session_timeout": WORKER_SESSION_TIMEOUT_S}
+
+
 def run_worker(
     config: Config, policy: Policy, loglevel: str = "info", ready: Callable[[], None] | None = None
 ) -> None:
@@ -185,6 +200,7 @@ def run_worker(
         datadir=str(config.faust_dir),
         ready=ready,
         scorer=load_models(config.models_dir, policy),
+        settings=_worker_settings(),
     )
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

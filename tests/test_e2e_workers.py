@@ -1,0 +1,136 @@
+"""Workers as a group: three `dataward worker` processes on 12 partitions lose one to kill -9 in the
+middle of an attack. Its partitions and the users' state (the changelog) move to the others; the
+attack is one incident whose first event is the attack's first rename and whose count is exact."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from dwcore.schemas.codec import encode
+from dwcore.schemas.event import Activity, make_event
+from dwcore.schemas.topics import Topics
+from tests.procs import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka]
+
+PARTITIONS = 12
+
+
+def _renames(user: str, start_ms: int, first: int, count: int) -> list:
+    return [
+        make_event(Activity.RENAME, uid=uuid.uuid4().hex, time=start_ms + i * 5, user_name=user, device="fs1",
+                   share="/srv/data", file_path=f"/srv/data/{user}/f{i:04d}.csv",
+                   file_new_path=f"/srv/data/{user}/f{i:04d}.csv.locked")
+        for i in range(first, first + count)
+    ]
+
+
+def _produce(bootstrap: str, topic: str, events: list) -> set[int]:
+    partitions: set[int] = set()
+
+    def delivered(err, msg):
+        assert err is None, err
+        partitions.add(msg.partition())
+
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "acks": "all"})
+    for ev in events:
+        producer.produce(topic, key=ev.user_name.encode(), value=encode(ev), on_delivery=delivered)
+    assert producer.flush(30) == 0
+    return partitions
+
+
+def _owner_pid(bootstrap: str, group: str, topic: str, partition: int) -> int | None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    for member in desc.members:
+        parts = member.assignment.topic_partitions if member.assignment else []
+        if any(tp.topic == topic and tp.partition == partition for tp in parts):
+            return int(member.client_id.rsplit("-", 1)[1])
+    return None
+
+
+def _alerts(bootstrap: str, topic: str) -> list[dict]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    out, idle = [], time.monotonic()
+    try:
+        while time.monotonic() - idle < 2.0:
+            for msg in consumer.consume(500, timeout=0.3):
+                if msg.error() is None:
+                    out.append(json.loads(msg.value()))
+                    idle = time.monotonic()
+    finally:
+        consumer.close()
+    return out
+
+
+def test_three_workers_lose_one_mid_attack_and_the_incident_stays_whole(
+    tmp_path, kafka_bootstrap, topic_prefix, dataward_proc
+):
+    topics = Topics.with_prefix(topic_prefix)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    wanted = [NewTopic(topics.events, PARTITIONS, 1), NewTopic(topics.alerts, 1, 1), NewTopic(topics.deadletter, 1, 1)]
+    for fut in admin.create_topics(wanted, operation_timeout=30).values():
+        fut.result(30)
+    env = {"DATAWARD_KAFKA_PARTITIONS": str(PARTITIONS)}
+    workers = [dataward_proc("worker", "--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix,
+                             "--data-dir", str(tmp_path / f"w{i}"), env=env) for i in range(3)]
+    for w in workers:
+        w.wait_ready(120)
+    group = f"dataward-worker-{topic_prefix}".rstrip(".")
+
+    def settled():  # all three members own partitions
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        return len(desc.members) == 3 and all(m.assignment and m.assignment.topic_partitions for m in desc.members)
+
+    wait_for(settled, 60, interval=0.5, what="three workers sharing the partitions")
+
+    # The first part of the attack, processed by the worker that owns mallory's partition.
+    start = int(time.time() * 1000)
+    (partition,) = _produce(kafka_bootstrap, topics.events, _renames("mallory", start, 0, 20))
+    owner = _owner_pid(kafka_bootstrap, group, topics.events, partition)
+    assert owner in {w.proc.pid for w in workers}
+
+    def consumed():
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
+        try:
+            from confluent_kafka import TopicPartition
+
+            (tp,) = consumer.committed([TopicPartition(topics.events, partition)], timeout=10)
+            return tp.offset >= 20
+        finally:
+            consumer.close()
+
+    wait_for(consumed, 60, interval=0.3, what="the first 20 renames processed and committed")
+
+    os.kill(owner, signal.SIGKILL)
+    # The rest of the attack, while the group notices the loss and moves the partition.
+    _produce(kafka_bootstrap, topics.events, _renames("mallory", start, 20, 280))
+    # An hour later mallory does something ordinary: the incident is quiet past every cooldown, so
+    # the worker closes it with its final counts (time comes from events, never from a clock).
+    later = make_event(Activity.CREATE, uid=uuid.uuid4().hex, time=start + 3_600_000, user_name="mallory",
+                       device="fs1", share="/srv/data", file_path="/srv/data/mallory/notes.txt")
+    _produce(kafka_bootstrap, topics.events, [later])
+
+    def incident_complete():
+        got = [a for a in _alerts(kafka_bootstrap, topics.alerts) if a["user"] == "mallory"]
+        return got if any(a["status"] == "closed" for a in got) else None
+
+    alerts = wait_for(incident_complete, 120, interval=1.0, what="the attack's incident, closed")
+    assert len({a["uid"] for a in alerts}) == 1, "the attack split into several incidents"
+    # The state from before the kill survived: the incident starts at the attack's first rename.
+    assert min(a["first_seen"] for a in alerts) == start
+    closed = [a for a in alerts if a["status"] == "closed"]
+    assert len(closed) == 1 and closed[0]["file_count"] == 300, closed
+    versions = [a["version"] for a in alerts]
+    assert len(versions) == len(set(versions)), f"an alert version was emitted twice: {sorted(versions)}"
+    survivors = [w for w in workers if w.proc.pid != owner]
+    assert all(w.proc.poll() is None for w in survivors)
