@@ -134,3 +134,49 @@ def test_three_workers_lose_one_mid_attack_and_the_incident_stays_whole(
     assert len(versions) == len(set(versions)), f"an alert version was emitted twice: {sorted(versions)}"
     survivors = [w for w in workers if w.proc.pid != owner]
     assert all(w.proc.poll() is None for w in survivors)
+
+
+def test_two_sinks_in_one_group_share_partitions_and_store_each_row_once(
+    tmp_path, kafka_bootstrap, kafka_topics, topic_prefix, dataward_proc
+):
+    """Each sink here owns its own embedded store (one process per chDB directory), so the union of
+    the two stores is what a shared server would hold: every event in exactly one of them."""
+    common = ["--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix]
+    dirs = [tmp_path / "sink-a", tmp_path / "sink-b"]
+    sinks = [dataward_proc("sink", "clickhouse", *common, "--data-dir", str(d)) for d in dirs]
+    for sink in sinks:
+        sink.wait_ready(90)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    group = f"{topic_prefix}dataward-sink"
+
+    def both_assigned():
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        owned = [
+            {tp.partition for tp in m.assignment.topic_partitions if tp.topic == kafka_topics.events}
+            for m in desc.members if m.assignment
+        ]
+        return len(owned) == 2 and all(owned) and not (owned[0] & owned[1])
+
+    wait_for(both_assigned, 60, interval=0.5, what="two sinks sharing the events partitions")
+    start = int(time.time() * 1000)
+    events = [make_event(Activity.CREATE, uid=uuid.uuid4().hex, time=start + i, user_name=f"user{i % 40}",
+                         device="fs1", file_path=f"/srv/data/u{i % 40}/f{i}.txt") for i in range(3000)]
+    _produce(kafka_bootstrap, kafka_topics.events, events)
+    from tests.procs import run_cli
+
+    def uids(data_dir) -> list[str]:
+        res = run_cli("query", "SELECT uid FROM events", "--data-dir", str(data_dir), "--format", "json")
+        assert res.returncode == 0, res.stderr
+        return [r["uid"] for r in json.loads(res.stdout)]
+
+    def stored():
+        got = [uids(d) for d in dirs]
+        return got if sum(map(len, got)) >= len(events) else None
+
+    a, b = wait_for(stored, 60, interval=1.0, what="every event stored by one of the sinks")
+    assert a and b, "one sink stored nothing: the partitions were not shared"
+    assert len(a) + len(b) == len(events), "an event was stored twice"
+    assert set(a) | set(b) == {e.uid for e in events}
+    assert not set(a) & set(b)
+    for sink in sinks:
+        assert sink.stop() == 0
