@@ -49,6 +49,15 @@ def test_relative_links_point_at_files_that_exist(doc: Path):
     assert not missing, f"{doc.name} links to files that do not exist: {missing}"
 
 
+def test_every_table_and_column_is_documented_in_sinks_md():
+    from dataward import tables_reference
+
+    section = tables_reference.render(tables_reference.live_columns())  # raises on an undocumented column
+    assert section in (ROOT / "docs" / "sinks.md").read_text(), (
+        "docs/sinks.md is stale: run python -m dataward.tables_reference")
+    assert "| 5 | Rename |" in section and "| `activity_id` | `UInt8` |" in section
+
+
 def test_configuration_example_loads(tmp_path):
     (yaml_block,) = blocks("yaml")
     path = tmp_path / "dw.yaml"
