@@ -176,8 +176,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
         "lag_ms": "how far behind it is, when known",
         "status": "its own verdict, e.g. `ok`",
     }),
-    "backup_runs": ("backup runs, one row per state change (`FINAL` keeps the last); "
-                    "no backup controller writes here yet", {
+    "backup_runs": ("backup runs, one row per state change (`FINAL` keeps the last)", {
         "run_id": "the run",
         "started_at": f"start ({_TIME})",
         "updated_at": f"this row's state change ({_TIME})",
@@ -193,6 +192,27 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
         "errors": "errors",
         "manifest_key": "the run's manifest object",
         "reason": "why it halted or failed",
+    }),
+    "backup_manifest": ("every S3 object version the backup controller wrote; a later row with a higher "
+                        "`rev` replaces it (e.g. to flag it suspect)", {
+        "bucket": "the backup bucket",
+        "key": "the object key",
+        "version_id": "the S3 version written",
+        "run_id": "the run that wrote it",
+        "path": "the source file",
+        "size": "bytes",
+        "sha256": "hex SHA-256 of the content",
+        "uploaded_at": f"when ({_TIME})",
+        "suspect": "written after an incident's first event: not a clean version",
+        "incident": "the incident that made it suspect",
+        "rev": "row revision: the highest wins",
+    }),
+    "backup_audit": ("the backup controller's audit trail: halts, resumes, seals, hooks", {
+        "time": f"when ({_TIME})",
+        "action": "what happened, e.g. `halt`, `resume`, `seal`",
+        "incident": "the incident it concerns",
+        "who": "who or what did it",
+        "detail": "details",
     }),
     "custody_blocks": ("sealed blocks of events: hashes chained block to block (tamper evidence)", {
         "stream": "the `_src` the block covers",
