@@ -9,6 +9,7 @@ COPY detectors detectors
 COPY sinks sinks
 COPY schemas schemas
 COPY dataward dataward
+COPY dwcore dwcore
 RUN pip install --no-cache-dir .
 # Least privilege: the agent needs read access to the watched tree, nothing more.
 USER dataward
