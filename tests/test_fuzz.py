@@ -24,7 +24,9 @@ from dwcore.sinks.errors import StoreError
 from dwcore.sinks.sql_guard import QueryRefused
 from dwcore.stream.processing import RawMessage, decode_batch
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same examples every time (a failure reproduces); widen locally with
+# --hypothesis-seed=random to explore.
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 HOSTILE_PIECES = [
     "\n", "\r", "\t", "\x00", "\x1b[2J", "\x1b]0;owned\x07", "\x1b]8;;http://evil.example/\x1b\\click\x1b]8;;\x1b\\",
@@ -149,7 +151,7 @@ SQL_PIECES = [
 ]
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(st.lists(st.sampled_from(SQL_PIECES), min_size=1, max_size=5))
 def test_the_endpoint_accepts_only_plain_selects_over_dataward(reader, pieces):
@@ -158,7 +160,8 @@ def test_the_endpoint_accepts_only_plain_selects_over_dataward(reader, pieces):
         reader.query_bytes(sql, "TabSeparated", vetted=True)
     except (QueryRefused, StoreError):
         return
-    lowered = sql.lower()
-    # what ran must not have reached files, the network, other databases or the server's controls
+    # What ran must not have reached files, the network, other databases or the server's controls:
+    # outside string literals and comments, none of those words may appear.
+    code = re.sub(r"'(?:[^'\\]|''|\\.)*'|/\*.*?\*/|--[^\n]*", " ", sql, flags=re.S).lower()
     for forbidden in ("file(", "url(", "outfile", "kill ", "system.users", "dictget", "set readonly", "insert "):
-        assert forbidden not in lowered or lowered.count("'") % 2 or "--" in lowered or "/*" in lowered, sql
+        assert forbidden not in code, sql
