@@ -18,6 +18,7 @@ def register(agent_app: typer.Typer) -> None:
     """Adds this module's commands under `dataward agent`."""
     agent_app.add_typer(audit_app, name="audit")
     agent_app.add_typer(canary_app, name="canary")
+    agent_app.command("inventory")(inventory)
 
 
 def _data_dir(data_dir: str | None, config: Path | None) -> str:
@@ -143,3 +144,53 @@ def _rejects(parser) -> None:
         err.print(f"rejected {where}: {rej.reason}" + (f": {rej.text}" if rej.text else ""),
                   highlight=False, markup=False, soft_wrap=True)
     parser.rejected.clear()
+
+
+def inventory(
+    dirs: Annotated[list[Path], typer.Argument(help="Dataset directories to inventory.")],
+    device: Annotated[str | None, typer.Option("--device", help="Device id (default: host name).")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Record size, type, owner and mtime of every file under DIR in the store (table inventory);
+    summarise with `dataward report inventory`."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from dataward.config import ConfigError, load_config
+    from dwcore.agents.inventory import scan
+    from dwcore.schemas.ddl import INVENTORY_COLUMNS, INVENTORY_TABLE
+    from dwcore.sinks.store import Store
+
+    try:
+        overrides: dict = {"data_dir": data_dir} if data_dir else {}
+        if device:
+            overrides["agent"] = {"device": device}
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        err.print(f"[red]not a directory:[/red] {', '.join(missing)}")
+        raise typer.Exit(2)
+    files = size = 0
+    with Store.open(cfg.store_dsn, cfg.store.database, cfg.store.retention_days) as store, Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.fields[files]:,} files, {task.fields[gib]:.2f} GiB"), TimeElapsedColumn(),
+            console=err, transient=False) as bar:
+        store.writer.ensure_schema()
+        for d in dirs:
+            task = bar.add_task(f"inventory {d}", total=None, files=0, gib=0.0)
+            rows = []
+            for row in scan(str(d), cfg.device, exclude=(cfg.data_dir,)):
+                rows.append(row)
+                files += 1
+                size += row.size
+                if len(rows) >= 10_000:
+                    store.writer.insert(INVENTORY_TABLE, INVENTORY_COLUMNS, rows)
+                    rows = []
+                    bar.update(task, files=files, gib=size / 2**30)
+            store.writer.insert(INVENTORY_TABLE, INVENTORY_COLUMNS, rows)
+            bar.update(task, files=files, gib=size / 2**30, total=1, completed=1)
+    out.print(f"{files:,} files, {size / 2**30:.2f} GiB recorded; `dataward report inventory` summarises them",
+              highlight=False)

@@ -1,0 +1,237 @@
+"""File agent capture: a burst of file creations, captured (and published) by each backend.
+
+One writer process creates N files as fast as it can; the capture runs in its own process (as
+the agent does), so the writer never shares a GIL with it. Rows, all from the same run:
+- inotifywait (inotify-tools, C) counting the creations: the baseline for capture;
+- the lean inotify backend alone (events built, nothing published);
+- the watchdog backend alone (the portable one);
+- the lean backend + content sampling + KafkaPublisher (spool + Kafka, until every event is acked);
+- a bare confluent-kafka Producer sending as many messages of the same size: the publish baseline.
+Rate = creations captured (or events acked) per second from the first to the last (bounded by
+the writer's speed); CPU = seconds of CPU the capture process used for it, and "per cpu-s" the
+events per CPU-second (the capacity of one core); RSS = its peak resident memory.
+
+    python -m bench.agent [--events N]   (N files; installs inotify-tools with apt-get if missing)
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.common import REPO, Result, render, standalone, timed_result, with_rate_ratios
+
+BENCH = "agent"
+
+
+def ensure_inotifywait() -> str | None:
+    path = shutil.which("inotifywait")
+    if path:
+        return path
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "inotify-tools"], capture_output=True, timeout=600)
+    return shutil.which("inotifywait")
+
+
+def _writer(root: str, n: int) -> subprocess.Popen:
+    code = ("import os,sys\nr,n=sys.argv[1],int(sys.argv[2])\nfor i in range(n):\n"
+            "    os.close(os.open(f'{r}/f{i:07d}.txt', os.O_CREAT|os.O_WRONLY, 0o644))\n")
+    return subprocess.Popen([sys.executable, "-c", code, root, str(n)])
+
+
+def _proc_cpu_rss(pid: int) -> tuple[float, int]:
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) * 1024
+    return cpu, rss
+
+
+def run_inotifywait(n: int) -> Result | None:
+    exe = ensure_inotifywait()
+    if exe is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="dw-bench-agent-") as root:
+        p = subprocess.Popen([exe, "-m", "-r", "-e", "create", "--format", "%f", root],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stderr is not None and p.stdout is not None
+        while b"Watches established" not in p.stderr.readline():  # after "Setting up watches."
+            pass
+        cpu0, _ = _proc_cpu_rss(p.pid)
+        w = _writer(root, n)
+        seen, first, last = 0, 0.0, 0.0
+        deadline = time.monotonic() + 120
+        while seen < n and time.monotonic() < deadline:
+            if not p.stdout.readline():
+                break
+            last = time.monotonic()
+            first = first or last
+            seen += 1
+        cpu1, rss = _proc_cpu_rss(p.pid)
+        p.kill()
+        w.wait()
+    return timed_result(BENCH, "inotifywait (C, counts creations)", seen, max(last - first, 1e-9), baseline=True,
+                        extra={"cpu s": round(cpu1 - cpu0, 2), "per cpu-s": round(seen / max(cpu1 - cpu0, 0.01)),
+                               "RSS MiB": round(rss / 2**20, 1), "lost": n - seen})
+
+
+def capture_child(backend: str, n: int, bootstrap: str | None) -> None:
+    """Runs in the capture process: prints one JSON line with what it measured."""
+    from dwcore.agents.content import ContentSampler
+    from dwcore.agents.lean_watcher import LeanWatcher
+    from dwcore.agents.pipeline import ContentStage, chain
+    from dwcore.agents.watcher import FileWatcher
+    from dwcore.schemas.event import Activity
+
+    root = sys.stdin.readline().strip()
+    state = {"creates": 0, "events": 0, "first": 0.0, "last": 0.0}
+    lock = threading.Lock()
+
+    def count(batch: list) -> None:
+        now = time.monotonic()
+        with lock:
+            state["first"] = state["first"] or now
+            state["events"] += len(batch)
+            state["creates"] += sum(1 for e in batch if e.activity_id == Activity.CREATE)
+            state["last"] = now
+
+    publisher = None
+    sink = count
+    if bootstrap:
+        from dwcore.agents.publisher import KafkaPublisher
+
+        topic = f"bench-agent-{uuid.uuid4().hex[:8]}"
+        spool = tempfile.mkdtemp(prefix="dw-bench-spool-")
+        publisher = KafkaPublisher({"bootstrap.servers": bootstrap}, topic, Path(spool), "bench",
+                                   deadletter_topic=topic + ".dl")
+
+        def sink(batch: list) -> None:
+            count(batch)
+            publisher.publish(batch)
+
+        sink = chain([ContentStage(ContentSampler())], sink)
+    cls = LeanWatcher if backend == "lean" else FileWatcher
+    w = cls([root], "bench", sink)
+    w.start()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    print("ready", flush=True)
+    deadline = time.monotonic() + 300
+    while state["creates"] < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done = state["last"]
+    if publisher is not None:
+        while publisher.counters["acked"] < state["events"] and time.monotonic() < deadline:
+            publisher.flush(0.05)
+        done = time.monotonic()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    w.stop(drain_s=0.2)
+    out = {"creates": state["creates"], "events": state["events"], "seconds": max(done - state["first"], 1e-9),
+           "cpu": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, "rss": r1.ru_maxrss * 1024,
+           "acked": publisher.counters["acked"] if publisher else 0}
+    if publisher is not None:
+        publisher.close(5)
+    print(json.dumps(out), flush=True)
+
+
+def run_capture(backend: str, n: int, bootstrap: str | None, name: str) -> Result:
+    with tempfile.TemporaryDirectory(prefix="dw-bench-agent-") as root:
+        args = [sys.executable, "-m", "bench.agent", "--child", backend, str(n), bootstrap or ""]
+        p = subprocess.Popen(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(root + "\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "ready"
+        w = _writer(root, n)
+        line = p.stdout.readline()
+        w.wait()
+        p.wait(60)
+    got = json.loads(line)
+    count = got["acked"] if bootstrap else got["creates"]
+    return timed_result(BENCH, name, count, got["seconds"], extra={
+        "cpu s": round(got["cpu"], 2), "per cpu-s": round(count / max(got["cpu"], 0.01)),
+        "RSS MiB": round(got["rss"] / 2**20, 1), "lost": n - got["creates"],
+        "events": got["events"]})
+
+
+def run_bare_producer(n: int, size: int, bootstrap: str) -> Result:
+    from confluent_kafka import Producer
+
+    from dwcore.agents.publisher import PRODUCER_DEFAULTS
+
+    topic = f"bench-agent-bare-{uuid.uuid4().hex[:8]}"
+    p = Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS})
+    acked = [0]
+
+    def cb(err, _msg) -> None:
+        if err is None:
+            acked[0] += 1
+
+    value = b"x" * size
+    start = time.monotonic()
+    for i in range(n):
+        while True:
+            try:
+                p.produce(topic, value=value, key=f"user{i % 50}".encode(), on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.01)
+        p.poll(0)
+    p.flush(120)
+    return timed_result(BENCH, f"bare Producer ({size} B messages)", acked[0], time.monotonic() - start,
+                        extra={"events": n})
+
+
+def run(n: int, console: Console) -> list[Result]:
+    from bench.publish import bootstrap as kafka_bootstrap
+    from dwcore.schemas.codec import encode
+    from dwcore.schemas.event import Activity, make_event
+
+    capture: list[Result] = []
+    base = run_inotifywait(n)
+    if base is not None:
+        capture.append(base)
+    else:
+        console.print("[yellow]inotifywait missing and could not be installed: no capture baseline[/yellow]")
+    capture.append(run_capture("lean", n, None, "lean inotify backend (capture only)"))
+    capture.append(run_capture("watchdog", n, None, "watchdog backend (capture only)"))
+    bs = kafka_bootstrap()
+    sample = make_event(Activity.CREATE, uid=uuid.uuid4().hex, time=1, user_name="alice", device="bench",
+                        file_path="/tmp/dw-bench-agent-xxxxxxxx/f0000000.txt", file_size=0, entropy=0.0,
+                        magic_type="empty", share="/tmp/dw-bench-agent-xxxxxxxx", user_uid="1000")
+    publish = [run_bare_producer(n, len(encode(sample)), bs)]
+    publish[0].baseline = True
+    publish.append(run_capture("lean", n, bs, "lean + content + KafkaPublisher (acked)"))
+    return with_rate_ratios(capture) + with_rate_ratios(publish)
+
+
+def report(console: Console, results: list[Result]) -> None:
+    cap = [r for r in results if "acked" not in r.name and "Producer" not in r.name]
+    pub = [r for r in results if r not in cap]
+    note = f"{results[0].count:,} files created by one writer process; capture in its own process"
+    render(console, "File agent capture (rate = creations captured per second)", cap, note=note)
+    render(console, "File agent capture + publish (rate = events acked by Kafka per second)", pub, note=note)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        capture_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] or None)
+        return
+    standalone(__doc__, BENCH, run, report, default_events=20_000)
+
+
+if __name__ == "__main__":
+    main()
