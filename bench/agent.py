@@ -1,15 +1,16 @@
 """File agent capture: a burst of file creations, captured (and published) by each backend.
 
-One writer process creates N files as fast as it can; the capture runs in its own process (as
-the agent does), so the writer never shares a GIL with it. Rows, all from the same run:
+One writer process creates N files while the capture process (its own process, as the agent
+runs) is stopped, so the whole burst waits in the kernel's inotify queue; then the capture is
+resumed and drains it: the rate is the capture's, not the writer's. Rows, all from the same run:
 - inotifywait (inotify-tools, C) counting the creations: the baseline for capture;
 - the lean inotify backend alone (events built, nothing published);
 - the watchdog backend alone (the portable one);
 - the lean backend + content sampling + KafkaPublisher (spool + Kafka, until every event is acked);
 - a bare confluent-kafka Producer sending as many messages of the same size: the publish baseline.
-Rate = creations captured (or events acked) per second from the first to the last (bounded by
-the writer's speed); CPU = seconds of CPU the capture process used for it, and "per cpu-s" the
-events per CPU-second (the capacity of one core); RSS = its peak resident memory.
+Rate = creations captured (or events acked) per second from the resume to the last; CPU = seconds
+of CPU the capture process used for it, and "per cpu-s" the events per CPU-second (the capacity
+of one core); RSS = its peak resident memory.
 
     python -m bench.agent [--events N]   (N files; installs inotify-tools with apt-get if missing)
 """
@@ -19,6 +20,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,18 +74,20 @@ def run_inotifywait(n: int) -> Result | None:
         while b"Watches established" not in p.stderr.readline():  # after "Setting up watches."
             pass
         cpu0, _ = _proc_cpu_rss(p.pid)
+        # The burst lands in the kernel queue while the reader is stopped; then it drains it all.
+        os.kill(p.pid, signal.SIGSTOP)
         w = _writer(root, n)
-        seen, first, last = 0, 0.0, 0.0
+        w.wait()
+        os.kill(p.pid, signal.SIGCONT)
+        seen, first, last = 0, time.monotonic(), 0.0
         deadline = time.monotonic() + 120
         while seen < n and time.monotonic() < deadline:
             if not p.stdout.readline():
                 break
             last = time.monotonic()
-            first = first or last
             seen += 1
         cpu1, rss = _proc_cpu_rss(p.pid)
         p.kill()
-        w.wait()
     return timed_result(BENCH, "inotifywait (C, counts creations)", seen, max(last - first, 1e-9), baseline=True,
                         extra={"cpu s": round(cpu1 - cpu0, 2), "per cpu-s": round(seen / max(cpu1 - cpu0, 0.01)),
                                "RSS MiB": round(rss / 2**20, 1), "lost": n - seen})
@@ -104,7 +108,6 @@ def capture_child(backend: str, n: int, bootstrap: str | None) -> None:
     def count(batch: list) -> None:
         now = time.monotonic()
         with lock:
-            state["first"] = state["first"] or now
             state["events"] += len(batch)
             state["creates"] += sum(1 for e in batch if e.activity_id == Activity.CREATE)
             state["last"] = now
@@ -129,6 +132,8 @@ def capture_child(backend: str, n: int, bootstrap: str | None) -> None:
     w.start()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     print("ready", flush=True)
+    resumed = float(sys.stdin.readline())  # CLOCK_MONOTONIC is system-wide: comparable across processes
+    state["first"] = resumed
     deadline = time.monotonic() + 300
     while state["creates"] < n and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -155,9 +160,13 @@ def run_capture(backend: str, n: int, bootstrap: str | None, name: str) -> Resul
         p.stdin.write(root + "\n")
         p.stdin.flush()
         assert p.stdout.readline().strip() == "ready"
+        os.kill(p.pid, signal.SIGSTOP)  # the whole burst waits in the kernel queue, then is drained
         w = _writer(root, n)
-        line = p.stdout.readline()
         w.wait()
+        p.stdin.write(f"{time.monotonic()}\n")
+        p.stdin.flush()
+        os.kill(p.pid, signal.SIGCONT)
+        line = p.stdout.readline()
         p.wait(60)
     got = json.loads(line)
     count = got["acked"] if bootstrap else got["creates"]

@@ -38,7 +38,11 @@ class Activity(enum.IntEnum):
     @property
     def label(self) -> str:
         """OCSF activity_name: 'Create', 'Set Attributes', ..."""
-        return self.name.replace("_", " ").title()
+        # Looked up, not rebuilt: it runs twice for every event an agent builds.
+        return _LABELS.get(self) or self.name.replace("_", " ").title()
+
+
+_LABELS: dict[int, str] = {a: a.name.replace("_", " ").title() for a in Activity}
 
 
 class Attribution(enum.StrEnum):
