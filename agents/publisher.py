@@ -125,6 +125,11 @@ class KafkaPublisher:
             return {**self._counters, "spooled_pending": self.pending}
 
     @property
+    def spool_full(self) -> bool:
+        """True while batches are refused by the spool (disk or cap) and held in memory."""
+        return self._spool_full_since is not None
+
+    @property
     def pending(self) -> int:
         """Records not yet acked by Kafka: in the spool, or only in memory when the disk was full."""
         with self._lock:

@@ -181,6 +181,7 @@ class CaptureConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rescan_on_overflow: bool = True  # after an inotify queue overflow
     snapshot_at_stop: bool = True
     spool_max_bytes: int = 2 * 1024**3  # beyond it: a loud spool_full alarm, new events held in memory
+    heartbeat_s: float = 30.0  # heartbeats to dw.heartbeats (0 = off)
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

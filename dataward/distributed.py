@@ -14,9 +14,11 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from dataward import __version__
 from dataward.agent_pipeline import AgentStages
 from dataward.config import Config
 from dataward.datadir import DataDirLock
+from dwcore.agents.heartbeat import Heartbeater
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.kafka_admin import Durability, choose_durability, ensure_topics
 from dwcore.agents.lean_watcher import LeanWatcher
@@ -52,7 +54,8 @@ def ensure_all_topics(config: Config) -> Durability:
     extra = {"min.insync.replicas": str(durability.min_insync_replicas)}
     rf = durability.replication_factor
     ensure_topics(client, [topics.events], config.kafka.partitions, replication_factor=rf, topic_config=extra)
-    ensure_topics(client, [topics.alerts, topics.deadletter], 1, replication_factor=rf, topic_config=extra)
+    ensure_topics(client, [topics.alerts, topics.deadletter, topics.heartbeats], 1, replication_factor=rf,
+                  topic_config=extra)
     return durability
 
 
@@ -73,7 +76,8 @@ def _also(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], N
 
 
 class _AlertProducer:
-    """The agent's own alerts to dw.alerts (best effort: the local JSONL file is the durable copy)."""
+    """The agent's own alerts to dw.alerts and its heartbeats (best effort: the local JSONL file is
+    the durable copy of alerts; a heartbeat that cannot be sent is the signal itself)."""
 
     def __init__(self, client: dict, topic: str) -> None:
         from confluent_kafka import Producer
@@ -83,7 +87,10 @@ class _AlertProducer:
                                   logger=logging.getLogger("dwcore.agents.librdkafka"))
 
     def send(self, alert: Alert) -> None:
-        self._producer.produce(self.topic, key=alert.user.encode(), value=encode(alert))
+        self.produce(self.topic, alert.user.encode(), encode(alert))
+
+    def produce(self, topic: str, key: bytes, value: bytes) -> None:
+        self._producer.produce(topic, key=key, value=value)
         self._producer.poll(0)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -119,6 +126,8 @@ def run_file_agent(
             ensure_topics(client, [topics.deadletter], 1, timeout=5.0)
             if config.response.fastpath and config.response.publish_alerts:
                 ensure_topics(client, [topics.alerts], 1, timeout=5.0)
+            if config.capture.heartbeat_s > 0:
+                ensure_topics(client, [topics.heartbeats], 1, timeout=5.0)
         except (KafkaException, TimeoutError) as exc:
             log.warning("topic_check_failed %s", kv(topic=topics.events, error=exc, action="continue_with_spool"))
     spool_dir = config.spool_dir
@@ -128,12 +137,19 @@ def run_file_agent(
         from dwcore.detectors.policy import load_policy
 
         policy = load_policy(config.policy_file or None)
-    alert_out = _AlertProducer(client, topics.alerts) if config.response.publish_alerts else None
-    stages = AgentStages(config, policy, alert_sinks=[alert_out.send] if alert_out else [])
+    alert_out = _AlertProducer(client, topics.alerts)
+    stages = AgentStages(config, policy, alert_sinks=[alert_out.send] if config.response.publish_alerts else [])
     emit = stages.emit_to(publisher.publish)
     excluded = [str(spool_dir), str(Path(config.data_dir))]
     cap = config.capture
     watcher = _watcher(cap.backend)(roots, config.device, emit, exclude=excluded)
+
+    def stats() -> tuple[int, int, int, bool]:
+        c = publisher.counters
+        return watcher.counters["seen"], c["spooled_pending"], c["acked"], publisher.spool_full
+
+    beats = Heartbeater(config.device, __version__, cap.heartbeat_s, stats,
+                        lambda hb: alert_out.produce(topics.heartbeats, config.device.encode(), encode(hb)))
     guard = BlindGuard(Reconciler(roots, Path(config.data_dir) / "state", config.device, emit,
                                   agent_user=agent_user(), exclude=excluded))
     if cap.rescan_on_overflow:
@@ -141,6 +157,7 @@ def run_file_agent(
     try:
         watcher.start()
         stages.start_side_watches(config.device, emit)
+        beats.start()
         guard.start(cap.rescan_at_start)  # after the watches exist: nothing falls between rescan and live events
         log.info("file_agent_ready %s", kv(device=config.device, topic=topics.events,
                                            roots=",".join(watcher.roots), spool=spool_dir))
@@ -148,13 +165,13 @@ def run_file_agent(
             ready()
         stop.wait()
     finally:
+        beats.stop()
         guard.stop(snapshot=False)
         watcher.stop()
         if cap.snapshot_at_stop:
             guard.reconciler.snapshot_all()
         stages.close()
-        if alert_out is not None:
-            alert_out.close()
+        alert_out.close()
         left = publisher.close(flush_timeout_s)
         if left:
             log.warning("file_agent_stopped_with_pending %s",
@@ -260,7 +277,7 @@ def _run_sink(config: Config, topics: Topics, stop: threading.Event, ready: Call
             log.info("partitions_revoked %s", kv(count=len(parts)))
             sink.on_revoke(cons, parts)
 
-        consumer.subscribe([topics.events, topics.alerts, topics.deadletter], on_assign=on_assign,
+        consumer.subscribe([topics.events, topics.alerts, topics.deadletter, topics.heartbeats], on_assign=on_assign,
                            on_revoke=on_revoke, on_lost=on_revoke)
         log.info("sink_started %s", kv(store=store.label, group=group_id))
         return run_sink_loop(sink, consumer, stop, signal_ready)

@@ -8,6 +8,7 @@ class Topics(msgspec.Struct, frozen=True):
     events: str = "dw.events"
     alerts: str = "dw.alerts"
     deadletter: str = "dw.deadletter"
+    heartbeats: str = "dw.heartbeats"
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -17,4 +18,5 @@ class Topics(msgspec.Struct, frozen=True):
             events=f"{prefix}dw.events",
             alerts=f"{prefix}dw.alerts",
             deadletter=f"{prefix}dw.deadletter",
+            heartbeats=f"{prefix}dw.heartbeats",
         )

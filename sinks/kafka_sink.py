@@ -25,8 +25,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from dwcore.backoff import Backoff
 from dwcore.logfmt import kv
 from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event
-from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, EVENTS_TABLE
+from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, EVENTS_TABLE, HEARTBEAT_COLUMNS, HEARTBEATS_TABLE
 from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.heartbeat import decode_heartbeat
 from dwcore.schemas.topics import Topics
 from dwcore.sinks.custody import Sealer
 from dwcore.sinks.errors import StoreError, StoreFailure, StoreUnavailable
@@ -123,6 +124,8 @@ class ClickHouseSink:
             topics.alerts: Route(ALERTS_TABLE, decode_alert, _without_positions(writer.insert_alerts),
                                  alert_writer.write_many if alert_writer is not None else None),
             topics.deadletter: Route(DEADLETTER_TABLE, decode_deadletter, writer.insert_deadletters),
+            topics.heartbeats: Route(HEARTBEATS_TABLE, decode_heartbeat, _without_positions(
+                lambda rows, dedup_token=None: writer.insert(HEARTBEATS_TABLE, HEARTBEAT_COLUMNS, rows, dedup_token))),
         }
         self.pending: dict[tuple[str, int], list[Message]] = {}
         self.pending_rows = 0

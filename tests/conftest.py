@@ -68,6 +68,7 @@ def kafka_topics(kafka_bootstrap: str, topic_prefix: str):
         NewTopic(topics.events, num_partitions=6, replication_factor=1),
         NewTopic(topics.alerts, num_partitions=1, replication_factor=1),
         NewTopic(topics.deadletter, num_partitions=1, replication_factor=1),
+        NewTopic(topics.heartbeats, num_partitions=1, replication_factor=1),
     ]
     for fut in admin.create_topics(wanted, operation_timeout=30).values():
         fut.result(timeout=30)
