@@ -39,6 +39,7 @@ from dwcore.schemas.codec import encode
 from dwcore.schemas.ddl import EVENT_COLUMNS, EVENTS_TABLE
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.store import Store
+from dwcore.sinks.store_writer import StoreWriter
 
 BENCH = "store"
 BATCH = 10_000
@@ -74,7 +75,9 @@ def landing_ddl(db: str = DB) -> list[str]:
 
 
 # Rows like the workload's: 50 users, mixed activities, paths of similar length; one in ten a rename.
-GENERATE_SQL = f"""INSERT INTO {DB}.{SELECT_TABLE}
+GENERATE_SQL = f"""INSERT INTO {DB}.{SELECT_TABLE} (uid, time, activity_id, activity_name, user_name, user_uid,
+    attribution, device, source, share, file_path, file_new_path, file_size, bytes_written, entropy, mime_type,
+    alarm, message, class_uid)
 SELECT lower(concat(hex(cityHash64(number, 'a')), hex(cityHash64(number, 'b')))) AS uid,
        fromUnixTimestamp64Milli(toInt64(1767225600000 + number * 144), 'UTC') AS time,
        toUInt8([1, 1, 1, 3, 3, 3, 3, 5, 4, 1][number % 10 + 1]) AS activity_id,
@@ -120,11 +123,11 @@ def run(events: int, console: Console) -> list[Result]:
             for stmt in landing_ddl():
                 client.command(stmt)
             # Warm both paths (driver types, engine caches) on a scratch database, outside the timing.
-            warm = Store(store._backend, WARM_DB, store.retention_days, store.label)
-            warm.writer.ensure_schema()
+            warm = StoreWriter(store._backend, WARM_DB, 400, store.label)
+            warm.ensure_schema()
             for stmt in landing_ddl(WARM_DB):
                 client.command(stmt)
-            warm.writer.insert_events(workload[:BATCH])
+            warm.insert_events(workload[:BATCH])
             client.raw_insert(f"{WARM_DB}.{LANDING}", insert_block=json_batches[0], fmt="JSONEachRow")
             gc.collect()
             with progress(console) as prog:
