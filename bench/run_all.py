@@ -13,7 +13,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.rule import Rule
 
-from bench import detect, latency, publish, store, worker
+from bench import agent, detect, latency, publish, store, worker
 from bench.common import Result, machine, make_console, save, setup_logging
 
 log = logging.getLogger("bench")
@@ -26,6 +26,7 @@ BENCHES: dict[str, Bench] = {
     "detect": (lambda a, c: detect.run(a.events, c), detect.report),
     "latency": (lambda a, c: latency.run(a.files, a.runs, c), latency.report),
     "worker": (lambda a, c: worker.run(min(a.events, 100_000), c), worker.report),
+    "agent": (lambda a, c: agent.run(a.files if a.files > 1000 else 20_000, c), agent.report),
 }
 
 
