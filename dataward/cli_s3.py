@@ -72,3 +72,96 @@ def parse(
     sys.stderr.write(f"{len(parsed.events)} events, {len(parsed.rejects)} rejected\n")
     if parsed.rejects:
         raise typer.Exit(1)
+
+
+def _setup(config: Path | None, log_level: str, **overrides: object):
+    from dataward.cli import _config
+    from dataward.logs import setup_logging
+
+    setup_logging(log_level)
+    return _config(config, **overrides)
+
+
+def _ready(what: str) -> None:
+    print(f"ready: {what}", flush=True)
+
+
+def _stop():
+    from dataward.cli import _stop_on_signals
+
+    return _stop_on_signals()
+
+
+@s3_app.command("logs")
+def logs(
+    bucket: BucketOpt,
+    fmt: Annotated[LogFormat, typer.Option("--format", help="access-log or cloudtrail.")],
+    prefix: PrefixOpt = "",
+    endpoint_url: EndpointOpt = None,
+    start_after: Annotated[str, typer.Option("--start-after", help="On the first run, skip keys up to this one.")] = "",
+    interval: IntervalOpt = None,
+    bootstrap: BootstrapOpt = None,
+    topic_prefix: TopicPrefixOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Follow a log bucket/prefix (server access logs or CloudTrail) and publish its events.
+
+    The read position is kept in the data dir, so a restart goes on where it stopped.
+    """
+    cfg = _setup(config, log_level, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
+                 agent__device=device)
+    from dwcore.agents.s3_agent import run_log_follower
+
+    run_log_follower(cfg, bucket, prefix, fmt.value, _stop(), lambda: _ready(f"following s3://{bucket}/{prefix}"),
+                     endpoint_url=endpoint_url, interval_s=interval, start_after=start_after)
+
+
+@s3_app.command("poll")
+def poll(
+    bucket: BucketOpt,
+    prefix: PrefixOpt = "",
+    endpoint_url: EndpointOpt = None,
+    interval: IntervalOpt = None,
+    bootstrap: BootstrapOpt = None,
+    topic_prefix: TopicPrefixOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Poll object versions and delete markers (for S3-compatible stores without logging) and publish the changes."""
+    cfg = _setup(config, log_level, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
+                 agent__device=device)
+    from dwcore.agents.s3_agent import run_version_poller
+
+    run_version_poller(cfg, bucket, prefix, _stop(), lambda: _ready(f"polling versions of s3://{bucket}/{prefix}"),
+                       endpoint_url=endpoint_url, interval_s=interval)
+
+
+@s3_app.command("notifications")
+def notifications(
+    topic: Annotated[str | None, typer.Option("--topic", help="Kafka topic holding the notification JSON "
+                                              "(default: s3.notification_topic).")] = None,
+    bucket: Annotated[str, typer.Option("--bucket", help="Only this bucket (default: all).")] = "",
+    prefix: PrefixOpt = "",
+    bootstrap: BootstrapOpt = None,
+    topic_prefix: TopicPrefixOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Consume S3 event notifications from a Kafka topic: the seconds-fast path.
+
+    The JSON S3 sends for ObjectCreated, ObjectRemoved and LifecycleExpiration, put on the topic by a bridge.
+    """
+    cfg = _setup(config, log_level, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
+                 agent__device=device)
+    from dwcore.agents.s3_agent import run_notification_consumer
+
+    name = topic or cfg.s3.notification_topic
+    run_notification_consumer(cfg, name, _stop(), lambda: _ready(f"consuming notifications from {name}"),
+                              bucket=bucket, prefix=prefix)
