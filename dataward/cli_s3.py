@@ -74,6 +74,26 @@ def parse(
         raise typer.Exit(1)
 
 
+def _output(cfg, source: str):
+    """Plain values for the S3 sources from the typed config; topics made sure of first."""
+    from confluent_kafka import KafkaException
+
+    from dataward.distributed import ensure_all_topics, topics_of
+    from dwcore.agents.s3_agent import S3Output
+
+    try:
+        ensure_all_topics(cfg)
+    except (KafkaException, TimeoutError) as exc:
+        err.print(f"topics not checked ({exc}); events wait in the spool")
+    return S3Output(cfg.kafka.client_config(), topics_of(cfg), cfg.spool_dir / source, cfg.device, source)
+
+
+def _client(cfg, endpoint_url: str | None):
+    from dwcore.agents.s3_agent import s3_client
+
+    return s3_client(endpoint_url or cfg.s3.endpoint_url, cfg.s3.region)
+
+
 def _setup(config: Path | None, log_level: str, **overrides: object):
     from dataward.cli import _config
     from dataward.logs import setup_logging
@@ -115,8 +135,10 @@ def logs(
                  agent__device=device)
     from dwcore.agents.s3_agent import run_log_follower
 
-    run_log_follower(cfg, bucket, prefix, fmt.value, _stop(), lambda: _ready(f"following s3://{bucket}/{prefix}"),
-                     endpoint_url=endpoint_url, interval_s=interval, start_after=start_after)
+    stop = _stop()
+    run_log_follower(_output(cfg, f"s3-{fmt.value}"), _client(cfg, endpoint_url), bucket, prefix, fmt.value,
+                     cfg.data_dir, cfg.device, stop, lambda: _ready(f"following s3://{bucket}/{prefix}"),
+                     interval_s=interval or cfg.s3.poll_interval_s, start_after=start_after)
 
 
 @s3_app.command("poll")
@@ -137,8 +159,10 @@ def poll(
                  agent__device=device)
     from dwcore.agents.s3_agent import run_version_poller
 
-    run_version_poller(cfg, bucket, prefix, _stop(), lambda: _ready(f"polling versions of s3://{bucket}/{prefix}"),
-                       endpoint_url=endpoint_url, interval_s=interval)
+    stop = _stop()
+    run_version_poller(_output(cfg, "s3-versions"), _client(cfg, endpoint_url), bucket, prefix, cfg.data_dir,
+                       cfg.device, stop, lambda: _ready(f"polling versions of s3://{bucket}/{prefix}"),
+                       interval_s=interval or cfg.s3.poll_interval_s)
 
 
 @s3_app.command("notifications")
@@ -163,5 +187,10 @@ def notifications(
     from dwcore.agents.s3_agent import run_notification_consumer
 
     name = topic or cfg.s3.notification_topic
-    run_notification_consumer(cfg, name, _stop(), lambda: _ready(f"consuming notifications from {name}"),
-                              bucket=bucket, prefix=prefix)
+    from dwcore.agents.kafka_admin import ensure_topics
+
+    ensure_topics(cfg.kafka.client_config(), [name], cfg.kafka.partitions)  # so the consumer is assigned at once
+    stop = _stop()
+    consumer = {**cfg.kafka.client_config(), "group.id": cfg.s3.notification_group}
+    run_notification_consumer(_output(cfg, "s3-notifications"), consumer, name, cfg.device, stop,
+                              lambda: _ready(f"consuming notifications from {name}"), bucket=bucket, prefix=prefix)
