@@ -43,7 +43,8 @@ class S3Output:
     def __init__(self, client_config: Mapping[str, str], topics: Topics, spool_dir: Path, device: str,
                  source: str) -> None:
         self.topics = topics
-        self.publisher = KafkaPublisher(client_config, topics.events, spool_dir, device)
+        self.publisher = KafkaPublisher(client_config, topics.events, spool_dir, device,
+                                        deadletter_topic=topics.deadletter)
         self._dead = Producer({**client_config, "acks": "all", "linger.ms": 20})
         self.source = source
         self.counters = {"events": 0, "deadlettered": 0}
