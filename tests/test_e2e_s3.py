@@ -53,7 +53,10 @@ class AlertWatch:
                 msg = consumer.poll(0.02)
                 if msg is not None and msg.error() is None:
                     alert = json.loads(msg.value())
-                    self.seen.setdefault((alert["rule"], alert["user"]), time.time())
+                    # An incident's alert names every rule that fired in its evidences.
+                    for rule in [alert["rule"]] + [e["name"] for e in alert.get("evidences", [])
+                                                   if e.get("kind") == "rule"]:
+                        self.seen.setdefault((rule, alert["user"]), time.time())
         finally:
             consumer.close()
 
@@ -155,8 +158,8 @@ def test_s3_attack_alerts_in_seconds_and_a_spread_out_workload_stays_quiet(
     last: list = []
 
     def alert_rows():
-        rows = _query(sink_dir, "SELECT rule, user, severity, file_count, shares FROM alerts FINAL")
-        last[:] = [(r["rule"], r["user"]) for r in rows]
+        rows = _query(sink_dir, "SELECT rule, user, severity, file_count, shares, evidences FROM alerts FINAL")
+        last[:] = [(e["name"], r["user"]) for r in rows for e in r["evidences"] if e["kind"] == "rule"]
         return rows if wanted <= set(last) else None
 
     try:
@@ -165,12 +168,15 @@ def test_s3_attack_alerts_in_seconds_and_a_spread_out_workload_stays_quiet(
         counts = _query(sink_dir, "SELECT user_name, device, count() AS n FROM events GROUP BY 1, 2")
         raise AssertionError(f"missing {sorted(wanted - set(last))}; have {sorted(last)}; events {counts}\n"
                              f"trail agent: {trail.stderr()[-3000:]}\npoller: {poller.stderr()[-3000:]}") from None
-    by_key = {(r["rule"], r["user"]): r for r in rows}
+    by_key = {(e["name"], r["user"]): (r, e) for r in rows for e in r["evidences"] if e["kind"] == "rule"}
     for key in wanted:
-        assert by_key[key]["severity"] in ("high", "critical"), by_key[key]
-        assert by_key[key]["shares"] == [attacked]
-    assert by_key[("s3_sse_c_reencryption", mallory.arn)]["severity"] == "critical"  # 200 >= 50
-    assert by_key[("s3_delete_storm", mallory.principal_id)]["file_count"] == OBJECTS
+        alert, evidence = by_key[key]
+        assert alert["severity"] in ("high", "critical") and evidence["level"] in ("high", "critical"), by_key[key]
+        assert alert["shares"] == [attacked]
+    # 200 SSE-C copies: past Panther's 50 and the rule's critical level.
+    assert by_key[("s3_sse_c_reencryption", mallory.arn)][1]["level"] == "critical"
+    assert by_key[("s3_sse_c_reencryption", mallory.arn)][1]["value"] >= 50  # counts stop at the rule's cap
+    assert by_key[("s3_delete_storm", mallory.principal_id)][1]["value"] >= 100  # per key: one call, 200 keys
     # Nothing about the quiet principals, ever.
     assert not [r for r in rows if "analyst" in r["user"]]
     assert not [k for k in watch.seen if "analyst" in k[1]]
