@@ -14,6 +14,7 @@ delivery delay (AWS: typically under a second) is not part of either figure.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ RULE = "s3_delete_storm"
 
 class Proc:
     def __init__(self, args: list[str], log: Path) -> None:
-        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(log, "w")  # closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "dataward.cli", *args], stdout=subprocess.PIPE,
                                      stderr=self._log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.ready = threading.Event()
@@ -100,6 +101,7 @@ def run(runs: int, console: Console) -> list[Result]:
     for key, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         os.environ.setdefault(key, value)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     servers = bootstrap()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
@@ -138,7 +140,7 @@ def run(runs: int, console: Console) -> list[Result]:
                     setup.put(key, b"x" * 64)
                 kept: list[bytes] = []
 
-                def notify(raw: bytes) -> None:
+                def notify(raw: bytes, kept: list[bytes] = kept) -> None:
                     producer.produce(notif_topic, value=raw)
                     kept.append(raw)
 
