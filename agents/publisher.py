@@ -28,7 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from dwcore.agents.spool import RecordId, Spool, SpoolFullError
 from dwcore.backoff import Backoff
 from dwcore.logfmt import kv
-from dwcore.schemas.codec import encode
+from dwcore.schemas.codec import encodable_events, encode
 from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.event import AccessEvent
 
@@ -140,7 +140,9 @@ class KafkaPublisher:
         the disk is full, held in memory); delivery happens in the background."""
         if not events:
             return
-        records = [(e.user_name.encode(), encode(e)) for e in events]
+        # Raw bytes in a text field would make the encoder raise for the whole batch and the
+        # watcher retry it forever: such events go out in the lossless escaped form instead.
+        records = [(e.user_name.encode(), encode(e)) for e in encodable_events(list(events))]
         with self._lock:
             if self._closed:
                 raise RuntimeError("publisher is closed")

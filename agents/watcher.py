@@ -31,6 +31,7 @@ from watchdog.events import (
 
 from dwcore.agents.attribution import OwnerResolver
 from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source, make_event
+from dwcore.schemas.paths import clean_text, fs_name_text, names_text
 
 log = logging.getLogger(__name__)
 
@@ -225,18 +226,24 @@ class FileWatcher:
             if new_path:
                 resolver.moved(path, new_path)
             owner = resolver.resolve(target, st)
+        # Names are bytes: carried in the lossless text form, flagged when not UTF-8, so that an
+        # attacker's `x.locked\xff` is counted like any other name and never breaks an encoder.
+        (path_t, new_t, share_t), escaped = names_text(
+            os.fsencode(path), os.fsencode(new_path) if new_path else None, os.fsencode(share)
+        )
         return make_event(
             activity,
             uid=uuid.uuid4().hex,
             time=int(self._clock() * 1000),
-            user_name=owner.user_name,
+            user_name=clean_text(owner.user_name),
             user_uid=owner.user_uid,
             attribution=Attribution.OWNER,
             device=self.device,
             source=Source.FILE,
-            share=share,
-            file_path=path,
-            file_new_path=new_path,
+            share=share_t,
+            file_path=path_t,
+            file_new_path=new_t,
+            names_escaped=escaped,
             file_size=st.st_size if st is not None and not event.is_directory else None,
         )
 
@@ -274,6 +281,7 @@ class FileWatcher:
             self._add(self.overflow_alarm(root, now))
 
     def overflow_alarm(self, root: str, now_ms: int) -> AccessEvent:
+        root_t, escaped = fs_name_text(root)
         return make_event(
             Activity.OTHER,
             uid=uuid.uuid4().hex,
@@ -282,8 +290,9 @@ class FileWatcher:
             attribution=Attribution.AGENT,
             device=self.device,
             source=Source.AGENT,
-            share=root,
-            file_path=root,
+            share=root_t,
+            file_path=root_t,
+            names_escaped=escaped,
             alarm=ALARM_QUEUE_OVERFLOW,
             message=(
                 "The kernel inotify queue overflowed: file events under this root were lost, so the "

@@ -24,6 +24,7 @@ from dwcore.agents.watcher import FileWatcher
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
+from dwcore.schemas.codec import encodable_events
 from dwcore.schemas.ddl import ALERTS_TABLE, EVENTS_TABLE
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.batcher import Batcher
@@ -36,7 +37,7 @@ from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.replay import EmbeddedStream
 from dwcore.sinks.store import Store
 from dwcore.stream.bus import BatchBus
-from dwcore.stream.processing import close_quiet, detect, prepare
+from dwcore.stream.processing import close_quiet, detect_user, group_by_user, prepare
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class EmbeddedPipeline:
         self._batcher: Batcher[AccessEvent] | None = None
         self._sealer: Sealer | None = None
         self._jsonl: AlertJsonlWriter | None = None
+        self._unwritten: list[Alert] = []  # alerts whose JSONL line failed; retried every batch
         self._server: QueryServer | None = None
         self._watcher: FileWatcher | None = None
         self._thread: threading.Thread | None = None
@@ -158,6 +160,7 @@ class EmbeddedPipeline:
             log.warning("custody_seal_failed %s", kv(error=exc))
 
     def _close_quiet(self) -> None:
+        self._retry_jsonl()
         now = int(time.time() * 1000)
         for user in list(self.state):
             try:
@@ -170,20 +173,39 @@ class EmbeddedPipeline:
 
     def _process(self, events: list[AccessEvent]) -> None:
         assert self._batcher is not None and self._store is not None
+        # Raw bytes in a name (a source that skipped the text form) must not break an encoder
+        # for the whole batch: such events are repaired to the lossless escaped form first.
+        events = encodable_events(events)
+        self._retry_jsonl()
         # Alerts first: they are what a human is waiting for; the event history follows within
-        # the flush interval.
-        try:
-            for alert in detect(self.state, events, self.policy, self.scorer):
+        # the flush interval. Each user apart: one user's trouble never costs another's alert.
+        for user, user_events in group_by_user(events).items():
+            for alert in self._detect_user(user, user_events):
                 self._emit_alert(alert)
-        except Exception:
-            # A bug in one batch's detection must not stop the history: keep recording events.
-            log.exception("detect_failed %s", kv(events=len(events)))
         if self.backup:  # after detection: a batch that raised an alert has already halted the backup
             self.backup.on_events(events)
         self._batcher.add_many(events)
         self.events_processed += len(events)
 
+    def _detect_user(self, user: str, events: list[AccessEvent]) -> list[Alert]:
+        """The user's alerts; if the batch breaks a detector, event by event, so that only the
+        event that breaks it is left uncounted (the state is written only on success)."""
+        try:
+            return detect_user(self.state, user, events, self.policy, scorer=self.scorer)
+        except Exception:
+            log.exception("detect_failed %s", kv(user=user, events=len(events), action="one_by_one"))
+        alerts: list[Alert] = []
+        for ev in events:
+            try:
+                alerts.extend(detect_user(self.state, user, [ev], self.policy, scorer=self.scorer))
+            except Exception:
+                log.exception("detect_failed_event %s", kv(user=user, uid=ev.uid, action="not_counted"))
+        return alerts
+
     def _emit_alert(self, alert: Alert) -> None:
+        """Every sink on its own: one that fails neither stops the others nor loses the alert
+        (the JSONL line is retried, the table row parked), so the user's state, already saved as
+        alerted, is true."""
         assert self._store is not None and self._keeper is not None
         self.alerts_raised += 1
         if self.backup:  # zero trust: halt the backup before anything else
@@ -198,12 +220,22 @@ class EmbeddedPipeline:
             except Exception:
                 log.exception("on_alert_failed %s", kv(uid=alert.uid))
         if self._jsonl:
-            self._jsonl.write(alert)
+            self._unwritten.append(alert)
+            self._retry_jsonl()
         try:
             self._store.writer.insert_alerts([alert])
-        except StoreFailure as exc:
+        except Exception as exc:
             # The alert already reached the console and JSONL; the table gets it on replay.
             self._keeper.failed(ALERTS_TABLE, [alert], exc)
+
+    def _retry_jsonl(self) -> None:
+        if not self._unwritten or self._jsonl is None:
+            return
+        try:
+            self._jsonl.write_many(self._unwritten)
+            self._unwritten.clear()
+        except Exception:
+            log.exception("alerts_jsonl_failed %s", kv(pending=len(self._unwritten), action="retry"))
 
     def stop(self) -> None:
         if self._stopped:
@@ -222,6 +254,7 @@ class EmbeddedPipeline:
         if self._keeper:
             self._keeper.stop()
         if self._jsonl:
+            self._retry_jsonl()
             self._jsonl.close()
         if self._server:
             self._server.stop()

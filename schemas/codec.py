@@ -12,6 +12,7 @@ import msgspec
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.event import AccessEvent
+from dwcore.schemas.paths import clean_text, names_text
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(AccessEvent)
@@ -30,6 +31,57 @@ def encode(obj: msgspec.Struct) -> bytes:
 def encode_many(objs: Iterable[msgspec.Struct]) -> list[bytes]:
     enc = _encoder.encode
     return [enc(o) for o in objs]
+
+
+_NAME_FIELDS = ("file_path", "file_new_path", "share")
+
+
+def _encodable(text: object) -> bool:
+    if not isinstance(text, str) or text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def repair_event(ev: AccessEvent) -> AccessEvent:
+    """``ev`` with every text field that holds raw bytes (surrogate escapes from ``os.fsdecode``)
+    in the lossless escaped form, so it can be encoded and stored; unchanged when it already can.
+
+    The three name fields switch to the escaped form together, since one ``names_escaped`` flag
+    speaks for all of them."""
+    changes: dict[str, object] = {}
+    if not all(_encodable(getattr(ev, name)) for name in _NAME_FIELDS):
+        if ev.names_escaped:  # already escaped text that still holds raw bytes: escape just those
+            for name in _NAME_FIELDS:
+                value = getattr(ev, name)
+                if value is not None and not _encodable(value):
+                    changes[name] = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        else:
+            raws = [None if getattr(ev, n) is None else getattr(ev, n).encode("utf-8", "surrogateescape")
+                    for n in _NAME_FIELDS]
+            texts, escaped = names_text(*raws)
+            changes.update(zip(_NAME_FIELDS, texts, strict=True))
+            changes["names_escaped"] = escaped
+    for name in ev.__struct_fields__:
+        if name in _NAME_FIELDS:
+            continue
+        value = getattr(ev, name)
+        if not _encodable(value):
+            changes[name] = clean_text(value)  # type: ignore[arg-type]
+    return msgspec.structs.replace(ev, **changes) if changes else ev
+
+
+def encodable_events(events: list[AccessEvent]) -> list[AccessEvent]:
+    """The batch with any event that could not be encoded repaired (``repair_event``); one
+    encode of the whole batch in C when, as nearly always, nothing needs it."""
+    try:
+        _encoder.encode(events)
+        return events
+    except UnicodeEncodeError:
+        return [repair_event(ev) for ev in events]
 
 
 def decode_event(raw: bytes) -> AccessEvent:

@@ -17,6 +17,20 @@ def name_text(raw: bytes) -> tuple[str, bool]:
         return raw.decode("utf-8"), False
     except UnicodeDecodeError:
         pass
+    return _escaped(raw), True
+
+
+def names_text(*raws: bytes | None) -> tuple[list[str | None], bool]:
+    """The text forms of the names one event carries (path, new path) under its one flag: all as
+    they are when every name is UTF-8, else all in the escaped form, so that ``name_bytes(text,
+    escaped)`` gives back each one's exact bytes (a valid name with a backslash included)."""
+    try:
+        return [None if raw is None else raw.decode("utf-8") for raw in raws], False
+    except UnicodeDecodeError:
+        return [None if raw is None else _escaped(raw) for raw in raws], True
+
+
+def _escaped(raw: bytes) -> str:
     out: list[str] = []
     for char in raw.decode("utf-8", "surrogateescape"):
         code = ord(char)
@@ -26,7 +40,7 @@ def name_text(raw: bytes) -> tuple[str, bool]:
             out.append("\\\\")
         else:
             out.append(char)
-    return "".join(out), True
+    return "".join(out)
 
 
 def name_bytes(text: str, escaped: bool) -> bytes:
@@ -46,3 +60,15 @@ def name_bytes(text: str, escaped: bool) -> bytes:
 def fs_name_text(name: str) -> tuple[str, bool]:
     """The text form of a name Python gave us as ``str`` (os.fsdecode, surrogateescape)."""
     return name_text(name.encode("utf-8", "surrogateescape"))
+
+
+def clean_text(text: str) -> str:
+    """A str that may hold surrogate escapes (a user or host name from the OS) as encodable text:
+    unchanged when it already is, else in the escaped form."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return fs_name_text(text)[0]

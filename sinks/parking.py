@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from dwcore.logfmt import kv
-from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event, encode_many
+from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event, encode, encode_many
 from dwcore.schemas.ddl import (
     ALERT_COLUMNS,
     ALERTS_TABLE,
@@ -54,7 +54,27 @@ def now_ms() -> int:
 def dead_letters(records: Sequence[msgspec.Struct], reason: str, source: str) -> list[DeadLetter]:
     """Rows the store refused, kept whole (their JSON) with the reason."""
     at = now_ms()
-    return [DeadLetter(raw=raw, reason=reason, source=source, time=at) for raw in encode_many(records)]
+    return [DeadLetter(raw=raw, reason=reason, source=source, time=at) for raw in _raw_lines(records)]
+
+
+def _raw_lines(records: Sequence[msgspec.Struct]) -> list[bytes]:
+    """Each record as JSON; one that cannot be encoded (raw bytes in a text field) as its repr, so
+    that it is kept, readable, instead of failing the whole batch."""
+    try:
+        return encode_many(records)
+    except (UnicodeEncodeError, TypeError, ValueError):
+        out = []
+        for record in records:
+            try:
+                out.append(encode(record))
+            except (UnicodeEncodeError, TypeError, ValueError):
+                out.append(repr(record).encode("utf-8", "backslashreplace"))
+        return out
+
+
+# Inserts one refused batch may cost to find its bad rows by halving (2 x log2(rows) for one bad
+# row); past that, what is left is dead-lettered whole.
+ISOLATE_BUDGET = 64
 
 
 class ParkingLot:
@@ -70,7 +90,7 @@ class ParkingLot:
         name = f"{table}-{time.time_ns():020d}-{next(_seq):06d}.jsonl"
         tmp = self.directory / f".{name}.tmp"
         with open(tmp, "wb") as fh:
-            fh.write(b"".join(line + b"\n" for line in encode_many(records)))
+            fh.write(b"".join(line + b"\n" for line in _raw_lines(records)))
             fh.flush()
             os.fsync(fh.fileno())
         path = self.directory / name
@@ -146,21 +166,46 @@ class Keeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one replay at a time
-        self.counters = {"deadlettered": 0, "parked": 0, "replayed": 0}
+        self.counters = {"deadlettered": 0, "parked": 0, "replayed": 0, "isolated_ok": 0}
 
     def failed(self, table: str, records: Sequence[msgspec.Struct], exc: BaseException) -> None:
-        """A batch for ``table`` failed with ``exc``: dead-letter it (permanent) or park it (retriable)."""
+        """A batch for ``table`` failed with ``exc``: park it (retriable), or (permanent, and any
+        error that is not a store's, such as a row that cannot be encoded) find the rows that fail
+        and dead-letter only those: one bad row never costs the rest of its batch."""
         if not records:
             return
-        if isinstance(exc, StoreFailure) and not exc.retriable and table != DEADLETTER_TABLE:
-            letters = dead_letters(records, f"store refused rows for {table}: {exc}", self.source)
-            log.error("rows_refused %s", kv(table=table, rows=len(records), error=str(exc)[:300]))
-            try:
-                self.writer.insert_deadletters(letters)
-                self.counters["deadlettered"] += len(letters)
-                return
-            except StoreFailure as again:
-                exc, table, records = again, DEADLETTER_TABLE, letters
+        retriable = isinstance(exc, StoreFailure) and exc.retriable
+        if not retriable and table != DEADLETTER_TABLE:
+            budget = [ISOLATE_BUDGET]
+            self._isolate(table, list(records), exc, budget)
+            return
+        self._park(table, records)
+
+    def _isolate(self, table: str, records: list[msgspec.Struct], exc: BaseException, budget: list[int]) -> None:
+        if len(records) > 1 and budget[0] > 0:
+            mid = len(records) // 2
+            for part in (records[:mid], records[mid:]):
+                budget[0] -= 1
+                try:
+                    self.writer.insert(table, _TABLES[table][1], part)
+                    self.counters["isolated_ok"] += len(part)
+                except StoreFailure as again:
+                    if again.retriable:
+                        self._park(table, part)
+                    else:
+                        self._isolate(table, part, again, budget)
+                except Exception as again:
+                    self._isolate(table, part, again, budget)
+            return
+        letters = dead_letters(records, f"store refused rows for {table}: {exc}", self.source)
+        log.error("rows_refused %s", kv(table=table, rows=len(records), error=str(exc)[:300]))
+        try:
+            self.writer.insert_deadletters(letters)
+            self.counters["deadlettered"] += len(letters)
+        except StoreFailure:
+            self._park(DEADLETTER_TABLE, letters)
+
+    def _park(self, table: str, records: Sequence[msgspec.Struct]) -> None:
         self.lot.park(table, records)
         self.counters["parked"] += len(records)
 
