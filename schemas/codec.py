@@ -70,7 +70,7 @@ def repair_event(ev: AccessEvent) -> AccessEvent:
             continue
         value = getattr(ev, name)
         if not _encodable(value):
-            changes[name] = clean_text(value)  # type: ignore[arg-type]
+            changes[name] = clean_text(value)
     return msgspec.structs.replace(ev, **changes) if changes else ev
 
 
