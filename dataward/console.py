@@ -17,14 +17,23 @@ def _ts(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
-def print_alert(alert: Alert) -> None:
+def alert_text(alert: Alert) -> Text:
+    """The alert as rich Text. Title, user and description carry file names, user names and paths
+    an attacker chose: they go in through ``inert`` as plain text, never as markup."""
     style = _STYLE.get(alert.severity, "bold")
-    _console.print(
-        f"[{style}] {alert.severity.upper()} [/{style}] {alert.title}\n"
-        f"    rule={alert.rule} user={alert.user} files={alert.file_count} "
+    text = Text()
+    text.append(f" {inert(alert.severity.upper())} ", style=style)
+    text.append(" " + inert(alert.title) + "\n")
+    text.append(
+        f"    rule={inert(alert.rule)} user={inert(alert.user)} files={alert.file_count} "
         f"first_seen={_ts(alert.first_seen)} detected_at={_ts(alert.detected_at)} UTC\n"
-        f"    {alert.description}"
     )
+    text.append("    " + inert(alert.description))
+    return text
+
+
+def print_alert(alert: Alert, console: Console | None = None) -> None:
+    (console or _console).print(alert_text(alert), highlight=False)
 
 
 # Characters that must never reach a terminal raw: C0/C1 controls and DEL (escape sequences, OSC 8

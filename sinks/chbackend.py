@@ -8,10 +8,11 @@ request. Failures come back as the two kinds in ``sinks.errors``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,6 +61,10 @@ def classify(exc: Exception, what: str) -> StoreError | StoreUnavailable:
     if isinstance(exc, OperationalError | ConnectionError | TimeoutError) or code in _RETRIABLE_CODES:
         return StoreUnavailable(f"{what}: {text}", code=code)
     return StoreError(f"{what}: {text}", code=code)
+
+
+# The parser's own queries (formatQuerySingleLine, EXPLAIN AST, the view lookup) are small.
+_VET_SETTINGS = {"max_execution_time": "10", "max_result_rows": "0", "max_result_bytes": "0"}
 
 
 def quote(value: str) -> str:
@@ -168,6 +173,24 @@ class ChdbBackend(_ClientWriter):
         """One read on its own engine connection. ``vet_database``: first let the engine's parser
         prove the statement a plain SELECT over that database (sinks.sql_guard). ``tag``: a label
         that cancel() finds the running query by."""
+        if vet_database:
+            # Apart from the query's own session: its result limits must not apply to the
+            # parser's answers (an AST has more rows than a small max_result_rows).
+            with self._session(database, _VET_SETTINGS) as conn:
+                sql = vet(lambda s, p: conn.query(s, "TabSeparated", params=dict(p)).bytes() or b"",
+                          sql, params, vet_database)
+        session = dict(settings)
+        if tag:
+            session["log_comment"] = tag
+        with self._session(database, session) as conn:
+            try:
+                return conn.query(sql, fmt, params=dict(params)).bytes() or b""
+            except Exception as exc:
+                raise classify(exc, "query") from exc
+
+    @contextlib.contextmanager
+    def _session(self, database: str | None, settings: Mapping[str, str]) -> Iterator[Any]:
+        """A short-lived engine connection with ``settings`` and, last, readonly=1."""
         import chdb
 
         try:
@@ -180,20 +203,12 @@ class ChdbBackend(_ClientWriter):
                     conn.query(f"USE `{database}`")
                 except Exception:  # before ensure_schema; stay on default
                     log.debug("use_database_failed %s", kv(database=database))
-            if vet_database:
-                # Before the reader's settings: its result limits must bound its query, not the
-                # engine's parse of it (an EXPLAIN AST dump is longer than a 3-row limit).
-                sql = vet(lambda s, p: conn.query(s, "TabSeparated", params=dict(p)).bytes() or b"",
-                          sql, params, vet_database)
             conn.query(setting_sql("session_timezone", "UTC"))
             for name, value in settings.items():
                 conn.query(setting_sql(name, value))
-            if tag:
-                conn.query(setting_sql("log_comment", tag))
             # Last, so nothing after it (including the SQL's own SETTINGS clause) can lift it.
             conn.query("SET readonly = 1")
-            result = conn.query(sql, fmt, params=dict(params))
-            return result.bytes() or b""
+            yield conn
         except StoreError:
             raise
         except Exception as exc:

@@ -40,10 +40,6 @@ _NODE_KINDS = frozenset(
 # Table functions that only generate rows.
 _TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series",
                               "generateseries"})
-# dataward's own parameterized views (schemas/migrations.py): called like table functions, but
-# their bodies are ours and read only dataward's tables.
-PARAMETERIZED_VIEWS = frozenset({"incident_events"})
-
 # System tables a client needs: clickhouse-connect reads system.settings when it connects.
 SYSTEM_TABLES = frozenset({"one", "numbers", "numbers_mt", "zeros", "zeros_mt", "settings"})
 # Scalar functions (lower case) that read files, call out (AI providers), read dictionaries or
@@ -151,8 +147,11 @@ def _tsv_unescape(text: str) -> str:
     return "".join(out)
 
 
-def check_tree(root: Node, database: str) -> None:
-    """Raise QueryRefused unless the tree is one plain SELECT over ``database`` (and a few system tables)."""
+def check_tree(root: Node, database: str) -> set[str]:
+    """Raise QueryRefused unless the tree is one plain SELECT over ``database`` (and a few system
+    tables). Returns the names called like table functions that are not generators: each must be
+    a parameterized view of ``database`` (``incident_events(incident = ...)``), which the caller
+    checks against the engine's catalogue."""
     if root.kind != "SelectWithUnionQuery":
         raise QueryRefused(f"only SELECT is allowed, not {root.kind}")
     # The root holds the union list, then optional INTO OUTFILE (a Literal), FORMAT (an Identifier)
@@ -162,10 +161,12 @@ def check_tree(root: Node, database: str) -> None:
             raise QueryRefused("INTO OUTFILE and SETTINGS are not allowed")
         if not format_allowed(extra.name):
             raise QueryRefused(f"output format {extra.name} is not allowed")
-    _walk(root.children[0] if root.children else root, database, parent="")
+    views: set[str] = set()
+    _walk(root.children[0] if root.children else root, database, "", views)
+    return views
 
 
-def _walk(node: Node, database: str, parent: str) -> None:
+def _walk(node: Node, database: str, parent: str, views: set[str]) -> None:
     if node.kind not in _NODE_KINDS:
         raise QueryRefused(f"{node.kind} is not allowed in a query")
     if node.kind == "TableIdentifier":
@@ -173,8 +174,10 @@ def _walk(node: Node, database: str, parent: str) -> None:
     elif node.kind == "Function":
         name = node.name
         if parent == "TableExpression":
-            if name.lower() not in _TABLE_FUNCTIONS and name not in PARAMETERIZED_VIEWS:
+            if name.lower() in _IO_TABLE_FUNCTIONS or "." in name:
                 raise QueryRefused(f"table function {name} is not allowed")
+            if name.lower() not in _TABLE_FUNCTIONS:
+                views.add(name)
         else:
             lower = name.lower()
             if lower in _DENIED_FUNCTIONS or lower in _IO_TABLE_FUNCTIONS or lower.startswith(_DENIED_PREFIXES):
@@ -185,7 +188,7 @@ def _walk(node: Node, database: str, parent: str) -> None:
                     if arg.kind == "Identifier":
                         _check_table(arg.name, database)
     for child in node.children:
-        _walk(child, database, node.kind)
+        _walk(child, database, node.kind, views)
 
 
 def _check_table(name: str, database: str) -> None:
@@ -220,5 +223,18 @@ def vet(run_tsv: RunTsv, sql: str, params: Mapping[str, str], database: str) -> 
     if not canonical.strip() or "\n" in canonical:
         raise QueryRefused("the statement could not be read as one query")
     dump = run_tsv(f"EXPLAIN AST {canonical}", params).decode("utf-8", errors="replace")
-    check_tree(parse_explain_ast(dump), database)
+    views = check_tree(parse_explain_ast(dump), database)
+    if views:
+        found = run_tsv(
+            "SELECT name FROM system.tables WHERE database = {db:String} AND engine = 'View' "
+            "AND name IN {names:Array(String)}",
+            {"db": _escape_param(database), "names": _escape_param(_array_literal(sorted(views)))},
+        ).decode("utf-8", errors="replace").split()
+        missing = views - set(found)
+        if missing:
+            raise QueryRefused(f"table function {sorted(missing)[0]} is not allowed")
     return canonical
+
+
+def _array_literal(items: list[str]) -> str:
+    return "[" + ",".join("'" + i.replace("\\", "\\\\").replace("'", "\\'") + "'" for i in items) + "]"
