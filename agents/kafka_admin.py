@@ -13,6 +13,10 @@ from dwcore.logfmt import kv
 log = logging.getLogger(__name__)
 
 
+class BrokerUnreachable(RuntimeError):
+    """No broker answered within the timeout: a clear error instead of a hang or a traceback."""
+
+
 class Durability(NamedTuple):
     """How topics are replicated on this cluster, and why."""
 
@@ -29,9 +33,18 @@ def choose_durability(client_config: Mapping[str, str], timeout: float = 10.0) -
     """Replication factor 3 and min.insync.replicas 2 on a cluster of three brokers or more, so
     that with acks=all one broker can die without losing an acknowledged event or stopping
     producers; a smaller cluster gets what it can hold."""
-    conf = dict(client_config)
+    conf: dict[str, object] = dict(client_config)
     conf["socket.timeout.ms"] = str(int(timeout * 1000))
-    brokers = len(AdminClient(conf).list_topics(timeout=timeout).brokers)
+    conf["logger"] = logging.getLogger("dwcore.agents.librdkafka")  # not one stderr line per retry
+    try:
+        brokers = len(AdminClient(conf).list_topics(timeout=timeout).brokers)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        what = err.str() if isinstance(err, KafkaError) else str(exc)
+        raise BrokerUnreachable(
+            f"Kafka at {client_config.get('bootstrap.servers')} did not answer within {timeout:g} s ({what}); "
+            "check --bootstrap / KAFKA_BOOTSTRAP, the broker and the security settings"
+        ) from None
     if brokers >= 3:
         return Durability(brokers, 3, 2)
     return Durability(brokers, max(brokers, 1), 1)

@@ -238,8 +238,13 @@ def topics_create(bootstrap: BootstrapOpt = None, topic_prefix: PrefixOpt = None
     setup_logging("warning")
     cfg = _config(config, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix)
     from dataward.distributed import ensure_all_topics
+    from dwcore.agents.kafka_admin import BrokerUnreachable
 
-    durability = ensure_all_topics(cfg)
+    try:
+        durability = ensure_all_topics(cfg)
+    except BrokerUnreachable as exc:
+        err.print(f"[red]cannot create topics:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     out.print(f"topics ready: {durability.describe()}")
 
 

@@ -34,6 +34,7 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=
     sasl_mechanism: str = ""  # e.g. SCRAM-SHA-512, PLAIN; empty: no SASL
     sasl_username: str = ""
     sasl_password_file: str = ""
+    ssl_ca_file: str = ""  # CA bundle for SSL/SASL_SSL brokers; empty: the system's trust store
     # How long the broker waits for a consumer that died before it hands its partitions to another
     # (the sink after a kill -9); librdkafka's default is 45 s.
     session_timeout_ms: int = 45_000  # the password itself only via DATAWARD_KAFKA_SASL_PASSWORD
@@ -50,6 +51,8 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=
             conf["sasl.mechanism"] = self.sasl_mechanism
             conf["sasl.username"] = self.sasl_username
             conf["sasl.password"] = read_secret("DATAWARD_KAFKA_SASL_PASSWORD", self.sasl_password_file)
+        if self.ssl_ca_file:
+            conf["ssl.ca.location"] = self.ssl_ca_file
         return conf
 
 

@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -196,19 +197,16 @@ def _worker_settings() -> dict[str, object]:
             "broker_session_timeout": WORKER_SESSION_TIMEOUT_S}
 
 
-def run_worker(
-    config: Config, policy: Policy, loglevel: str = "info", ready: Callable[[], None] | None = None
-) -> None:
-    """The stream worker; runs until SIGINT/SIGTERM (faust's Worker installs the handlers)."""
-    import faust
-
+def worker_app(config: Config, policy: Policy, ready: Callable[[], None] | None = None) -> Any:
+    """The faust app of ``dataward worker``, with the cluster's full client configuration."""
+    from dataward.faust_auth import faust_broker_settings
     from dataward.model_train import load_models
     from dwcore.stream.faust_app import build_app
 
     prefix = config.kafka.topic_prefix
     app_id = f"dataward-worker-{prefix or 'main'}".rstrip(".")
     config.faust_dir.mkdir(parents=True, exist_ok=True)
-    app = build_app(
+    return build_app(
         policy,
         topics_of(config),
         bootstrap=config.kafka.bootstrap,
@@ -217,9 +215,18 @@ def run_worker(
         datadir=str(config.faust_dir),
         ready=ready,
         scorer=load_models(config.models_dir, policy),
-        settings=_worker_settings(),
+        # the same credentials as every other client of the cluster (SASL/TLS)
+        settings={**_worker_settings(), **faust_broker_settings(config.kafka.client_config())},
     )
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+
+
+def run_worker(
+    config: Config, policy: Policy, loglevel: str = "info", ready: Callable[[], None] | None = None
+) -> None:
+    """The stream worker; runs until SIGINT/SIGTERM (faust's Worker installs the handlers)."""
+    import faust
+
+    worker = faust.Worker(worker_app(config, policy, ready), loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 
