@@ -119,10 +119,10 @@ def test_300_renames_to_non_utf8_names_raise_the_critical_alert(pipeline):
         with open(name, "wb") as fh:
             fh.write(b"payload")
         os.rename(name, name + b".locked\xff")
-    wait_for(lambda: any(a.rule == "mass_rename" and a.severity == "critical" for a in alerts), 15,
+    wait_for(lambda: any(a.rule == "mass_rename" and a.severity == "critical" for a in alerts), 30,
              what="critical mass_rename")
     wait_for(lambda: _stored(p, "SELECT count() FROM events WHERE activity_name = 'Rename' AND names_escaped")
-             == [[300]], 15, interval=0.2, what="300 escaped renames stored")
+             == [[300]], 30, interval=0.2, what="300 escaped renames stored")
     paths = _stored(p, "SELECT file_new_path FROM events WHERE activity_name = 'Rename'")
     assert {name_bytes(r[0], True) for r in paths} == {bdir + f"/sample-{i:05d}.csv.locked".encode() + b"\xff"
                                                        for i in range(300)}
@@ -134,16 +134,16 @@ def test_one_raw_bytes_event_costs_no_other_user_its_alert_or_history(pipeline):
     p, _, alerts, _ = pipeline
     batch = [poison(0)] + [rename(i, "alice", "/srv/d/f{i}.csv.locked") for i in range(300)]
     p.bus.publish(batch)
-    wait_for(lambda: any(a.user == "alice" and a.severity == "critical" for a in alerts), 15,
+    wait_for(lambda: any(a.user == "alice" and a.severity == "critical" for a in alerts), 30,
              what="alice's critical alert")
-    wait_for(lambda: _stored(p, "SELECT count() FROM events WHERE user_name = 'alice'") == [[300]], 15,
+    wait_for(lambda: _stored(p, "SELECT count() FROM events WHERE user_name = 'alice'") == [[300]], 30,
              interval=0.2, what="alice's 300 events")
     wait_for(lambda: _stored(p, "SELECT count() FROM events WHERE user_name = 'mallory' AND names_escaped")
-             == [[1]], 15, interval=0.2, what="the raw-bytes event itself, repaired")
+             == [[1]], 30, interval=0.2, what="the raw-bytes event itself, repaired")
     # alice's state says alerted, and the alert did go out: a second burst escalates nothing new,
     # but a fresh user still alerts (detection is alive for everyone)
     p.bus.publish([rename(i, "bob", "/srv/e/f{i}.csv.locked") for i in range(300)])
-    wait_for(lambda: any(a.user == "bob" for a in alerts), 15, what="bob's alert")
+    wait_for(lambda: any(a.user == "bob" for a in alerts), 30, what="bob's alert")
 
 
 def test_store_refusing_one_row_costs_the_batch_nothing(tmp_path):
