@@ -199,6 +199,8 @@ class Uploader:
     def _one(self, rel: bytes) -> tuple[str, ManifestEntry | None]:
         self.gate.check()
         path = os.path.join(self.root, rel)
+        if any(path == e or path.startswith(e + b"/") for e in self.exclude):
+            return "gone", None  # our own data dir inside the tree: never a change to back up
         try:
             st = os.lstat(path)
         except FileNotFoundError:

@@ -82,3 +82,18 @@ def test_keys_round_trip_non_utf8_names() -> None:
     key, text, escaped = key_for("pre", raw)
     assert key.startswith("pre/") and escaped
     assert rel_bytes(text, escaped) == raw
+
+
+def test_own_data_dir_inside_the_tree_is_never_uploaded(tmp_path) -> None:
+    from dwcore.sinks.backup_gate import Gate
+    from dwcore.sinks.backup_journal import Journal
+    from dwcore.sinks.backup_uploader import Uploader, scan_tree
+
+    state = tmp_path / ".dataward"
+    journal = Journal(state / "backup")
+    (tmp_path / "a.txt").write_bytes(b"a")
+    up = Uploader(None, journal, Gate(), "b", "", str(tmp_path), exclude=[str(state)])
+    assert scan_tree(up.root, up.exclude) == [b"a.txt"]
+    # A change event for the journal itself (continuous mode) is not a file to back up: no S3 call.
+    assert up._one(b".dataward/backup/journal.sqlite") == ("gone", None)
+    journal.close()
