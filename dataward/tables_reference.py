@@ -105,7 +105,10 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
                   "or `parked:<file>`",
         "reason": "why: the validation error with its JSON path, or the store's or Kafka's refusal",
         "key": "the Kafka key (the user), when there was one",
-        "raw": "the message or row as received (cut to 64 KiB when Kafka refused its size)",
+        "raw": "the message or row as received (its first 256 KiB when larger; cut to 64 KiB when Kafka refused "
+               "its size)",
+        "size": "the size of the original message in bytes (0 in rows written before this column existed)",
+        "truncated": "true when `raw` holds only the first bytes of a larger message",
         **_SRC,
     }),
     "events_by_path": ("one row per path an event touched, ordered by path: chain-of-custody lookups", {

@@ -110,6 +110,8 @@ DEADLETTER_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reason", "String"),
     ("key", "Nullable(String)"),
     ("raw", "String"),
+    ("size", "UInt64"),
+    ("truncated", "Bool"),
 )
 
 # Where a row came from, for exact replays: the Kafka "topic:partition" and offset of the message

@@ -26,7 +26,7 @@ from dwcore.backoff import Backoff
 from dwcore.logfmt import kv
 from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event
 from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, EVENTS_TABLE, HEARTBEAT_COLUMNS, HEARTBEATS_TABLE
-from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.deadletter import DeadLetter, dead_letter
 from dwcore.schemas.heartbeat import decode_heartbeat
 from dwcore.schemas.topics import Topics
 from dwcore.sinks.custody import Sealer
@@ -74,13 +74,8 @@ def _now_ms() -> int:
 
 
 def _deadletter(msg: Message, reason: str, now_ms: int) -> DeadLetter:
-    return DeadLetter(
-        raw=msg.value() or b"",
-        key=msg.key(),
-        reason=reason,
-        source=f"{msg.topic()}:{msg.partition()}:{msg.offset()}",
-        time=now_ms,
-    )
+    return dead_letter(msg.value() or b"", reason, f"{msg.topic()}:{msg.partition()}:{msg.offset()}", now_ms,
+                       key=msg.key())
 
 
 class ClickHouseSink:
@@ -118,6 +113,7 @@ class ClickHouseSink:
         self._now = now
         self.guard = ReplayGuard(writer.rows)
         self.events_topic = topics.events
+        self.events_prefix = f"{topics.events}:"
         self.positioned = {topics.events, topics.deadletter}  # rows that record their Kafka position
         self.routes: dict[str, Route] = {
             topics.events: Route(EVENTS_TABLE, decode_event, writer.insert_events),
@@ -245,9 +241,16 @@ class ClickHouseSink:
                     dead.add(_deadletter(msg, "empty message (tombstone)", now_ms), msg, src)
                     continue
                 try:
-                    batch.add(route.decode(raw), msg, src)
+                    record = route.decode(raw)
                 except DecodeError as exc:
                     dead.add(_deadletter(msg, f"sink decode: {exc}", now_ms), msg, src)
+                    continue
+                if route.table == DEADLETTER_TABLE and record.source.startswith(self.events_prefix):
+                    # A worker's dead letter for a message of the events topic: this sink stored
+                    # its own row for that message when it failed to decode it here. One row each.
+                    self.guard.skipped += 1
+                    continue
+                batch.add(record, msg, src)
         return {table: b for table, b in batches.items() if b.records}
 
     def _dl_topic(self) -> str:

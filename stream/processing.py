@@ -21,7 +21,7 @@ from dwcore.detectors.state import StateError, UserState, decode_state, encode_s
 from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import DecodeError, decode_event
-from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.deadletter import DeadLetter, dead_letter
 from dwcore.schemas.event import AccessEvent
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def decode_batch(messages: Iterable[RawMessage], now_ms: int) -> Decoded:
             except DecodeError as exc:
                 reason = str(exc)
         out.deadletters.append(
-            DeadLetter(raw=msg.value or b"", key=msg.key, reason=reason, source=msg.source, time=now_ms)
+            dead_letter(msg.value or b"", reason, msg.source, now_ms, key=msg.key)
         )
     return out
 

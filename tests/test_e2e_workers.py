@@ -180,3 +180,56 @@ def test_two_sinks_in_one_group_share_partitions_and_store_each_row_once(
     assert not set(a) & set(b)
     for sink in sinks:
         assert sink.stop() == 0
+
+
+def test_oversized_bad_message_gives_one_dead_letter_row_with_size_and_prefix(
+    tmp_path, kafka_bootstrap, topic_prefix, dataward_proc
+):
+    """A 2 MB message that is not an event: the worker's dead letter is published (a bounded prefix
+    keeps it under the dead-letter topic's limit) and the store ends up with exactly one row for it,
+    carrying the reason, the original size and the first bytes."""
+    topics = Topics.with_prefix(topic_prefix)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    big = {"max.message.bytes": str(4 * 1024 * 1024)}
+    wanted = [NewTopic(topics.events, 2, 1, config=big), NewTopic(topics.alerts, 1, 1),
+              NewTopic(topics.deadletter, 1, 1)]
+    for fut in admin.create_topics(wanted, operation_timeout=30).values():
+        fut.result(30)
+    common = ["--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix]
+    sink = dataward_proc("sink", "clickhouse", *common, "--data-dir", str(tmp_path / "sink"))
+    worker = dataward_proc("worker", *common, "--data-dir", str(tmp_path / "worker"))
+    for proc in (sink, worker):
+        proc.wait_ready(120)
+    payload = b"{" + b"A" * (2 * 1024 * 1024)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 4 * 1024 * 1024})
+    producer.produce(topics.events, key=b"mallory", value=payload)
+    assert producer.flush(30) == 0
+
+    def published():
+        consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                             "auto.offset.reset": "earliest"})
+        consumer.subscribe([topics.deadletter])
+        try:
+            return [json.loads(m.value()) for m in consumer.consume(10, timeout=3) if m.error() is None]
+        finally:
+            consumer.close()
+
+    letters = wait_for(published, 60, interval=0.5, what="the worker's dead letter on the topic")
+    assert letters[0]["size"] == len(payload) and letters[0]["truncated"] is True
+    from tests.procs import run_cli
+
+    def rows():
+        res = run_cli("query", "SELECT reason, size, truncated, length(raw) AS kept FROM deadletter",
+                      "--data-dir", str(tmp_path / "sink"), "--format", "json")
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout) or None
+
+    got = wait_for(rows, 60, interval=1.0, what="the dead letter in the store")
+    time.sleep(3)  # the worker's copy, read from the dead-letter topic, must not add a second row
+    got = rows()
+    assert len(got) == 1, got
+    assert got[0]["size"] == len(payload)
+    assert got[0]["truncated"] in (1, True) and 0 < got[0]["kept"] <= 256 * 1024
+    assert "invalid event" in got[0]["reason"]
+    for proc in (worker, sink):
+        assert proc.stop() == 0

@@ -97,3 +97,16 @@ def test_bus_passes_batches_in_order_and_applies_backpressure():
     assert blocked.is_set()
     assert bus.take(10, 0.1) == [4]
     assert bus.take(10, 0.05) == []
+
+
+def test_oversized_bad_message_keeps_reason_size_and_a_bounded_prefix():
+    from dwcore.schemas.codec import encode
+    from dwcore.schemas.deadletter import MAX_RAW_BYTES
+    from dwcore.stream.processing import RawMessage, decode_batch
+
+    raw = b"{" + b"x" * (2 * 1024 * 1024)
+    (letter,) = decode_batch([RawMessage(b"k", raw, "dw.events:0:7")], now_ms=1).deadletters
+    assert letter.size == len(raw) and letter.truncated
+    assert letter.raw == raw[:MAX_RAW_BYTES]
+    assert "invalid event" in letter.reason and str(len(raw)) in letter.reason
+    assert len(encode(letter)) < 1024 * 1024  # publishable under Kafka's default message limit
