@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
+from dwcore.logfmt import kv
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -91,12 +93,12 @@ class LogFollower:
             os.close(self._fd)  # type: ignore[arg-type]
             self._fd = None
             self.counters["rotations"] += 1
-            log.info("log_rotated path=%s", self.path)
+            log.info("log_rotated %s", kv(path=self.path))
             if self._open(False):
                 out += self._drain()
         elif self._truncated(st.st_size):
             self.counters["truncations"] += 1
-            log.info("log_truncated path=%s", self.path)
+            log.info("log_truncated %s", kv(path=self.path))
             self._pos, self._buf, self._head = 0, b"", b""
             out += self._drain()
             self._head = os.pread(self._fd, HEAD, 0)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from dwcore.agents.audit_record import CREATE, DELETE, RENAME, UPDATE, AuditRecord
+from dwcore.logfmt import kv
 from dwcore.schemas.event import AccessEvent, Activity, Attribution
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class AuditSource:
         if flush is not None:
             out += flush(now_ms - 2000)  # an event whose EOE never came: close it after 2 s
         for rej in self.parser.rejected:
-            log.warning("audit_line_rejected source=%s reason=%r", self.name, rej.reason)
+            log.warning("audit_line_rejected %s", kv(source=self.name, reason=rej.reason))
         self.parser.rejected.clear()
         return out
 

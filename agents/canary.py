@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgspec
 
+from dwcore.logfmt import kv
 from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source, make_event
 from dwcore.schemas.paths import name_bytes, name_text
 
@@ -291,7 +292,7 @@ class CanaryReadWatch:
         try:
             self._ino = Inotify()
         except (OSError, AttributeError) as exc:
-            log.warning("canary_read_watch_unavailable error=%s", exc)
+            log.warning("canary_read_watch_unavailable %s", kv(error=exc))
             return
         self._arm()
         self._thread = threading.Thread(target=self._loop, name="dw-canary-reads", daemon=True)
@@ -336,7 +337,7 @@ class CanaryReadWatch:
                 try:
                     self._emit(batch)
                 except Exception:
-                    log.exception("canary_read_emit_failed events=%d", len(batch))
+                    log.exception("canary_read_emit_failed %s", kv(events=len(batch)))
 
     def stop(self) -> None:
         self._stop.set()

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 
 from dwcore.detectors import engine
 from dwcore.detectors.policy import Policy
+from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.event import AccessEvent
 
@@ -90,7 +91,7 @@ class FastPath:
                 self.process(batch)
             except Exception:
                 self.counters["errors"] += 1
-                log.exception("fastpath_failed events=%d", len(batch))
+                log.exception("fastpath_failed %s", kv(events=len(batch)))
             finally:
                 with self._cv:
                     self._busy = False
@@ -112,14 +113,14 @@ class FastPath:
         self.counters["events"] += len(batch)
         self.counters["alerts"] += len(alerts)
         for alert in alerts:
-            log.warning("agent_alert rule=%s severity=%s user=%s files=%d uid=%s", alert.rule, alert.severity,
-                        alert.user, alert.file_count, alert.uid)
+            log.warning("agent_alert %s", kv(
+                rule=alert.rule, severity=alert.severity, user=alert.user, files=alert.file_count, uid=alert.uid))
             for cb in self._on_alert:
                 try:
                     cb(alert)
                 except Exception:
                     self.counters["callback_errors"] += 1
-                    log.exception("agent_alert_callback_failed rule=%s uid=%s", alert.rule, alert.uid)
+                    log.exception("agent_alert_callback_failed %s", kv(rule=alert.rule, uid=alert.uid))
         return alerts
 
     def wait_idle(self, timeout: float = 10.0) -> bool:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dwcore.agents import inotify_lean as ino
 from dwcore.agents.attribution import OwnerResolver
 from dwcore.agents.watcher import ALARM_QUEUE_OVERFLOW, agent_user
+from dwcore.logfmt import kv
 from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source, make_event
 from dwcore.schemas.paths import name_text
 
@@ -116,7 +117,7 @@ class LeanWatcher:
         try:
             wd = self._ino.add_watch(path, DIR_MASK)
         except OSError as exc:
-            log.warning("watch_failed path=%r error=%s", path, exc)
+            log.warning("watch_failed %s", kv(path=path, error=exc))
             return None
         self._wd_path[wd] = path
         self._wd_share[wd] = share
@@ -253,7 +254,7 @@ class LeanWatcher:
                 try:
                     self._translate(raw, out, pending)
                 except Exception:
-                    log.exception("inotify_translate_failed events=%d", len(raw))
+                    log.exception("inotify_translate_failed %s", kv(events=len(raw)))
             elif self._moves:
                 self._translate([], out, pending)
             if out and (len(out) >= self._max_batch or time.monotonic() - last >= self._interval):

@@ -26,6 +26,7 @@ from pathlib import Path
 import msgspec
 
 from dwcore.agents.attribution import OwnerResolver
+from dwcore.logfmt import kv
 from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source, make_event
 from dwcore.schemas.paths import name_text
 
@@ -172,7 +173,7 @@ class Reconciler:
         entries = scan(root, self._exclude)
         if prev is None:
             self.save(root, entries, start_ms)
-            log.info("snapshot_first root=%r entries=%d", root, len(entries))
+            log.info("snapshot_first %s", kv(root=root, entries=len(entries)))
             return 0
         since_ms = blind_since_ms if blind_since_ms is not None else prev.taken_ms
         changed_since = blind_since_ms * 1_000_000 if blind_since_ms is not None else None
@@ -261,7 +262,7 @@ class BlindGuard:
             try:
                 self.reconciler.reconcile(root, blind_since_ms=since, reason=reason)
             except Exception:
-                log.exception("reconcile_failed root=%r", root)
+                log.exception("reconcile_failed %s", kv(root=root))
             finally:
                 with self._cv:
                     self._busy = False

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgspec
 
+from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class ResponseHooks:
             name = hook.name or hook.command[0]
             if self.dry_run:
                 self.counters["dry_run"] += 1
-                log.warning("response_dry_run hook=%s alert=%s user=%s command=%r", name, alert.uid, alert.user, argv)
+                log.warning("response_dry_run %s", kv(hook=name, alert=alert.uid, user=alert.user, command=argv))
                 self._audit(alert, name, "dry_run", argv)
                 continue
             start = time.monotonic()
@@ -147,11 +148,11 @@ class ResponseHooks:
             except subprocess.TimeoutExpired:
                 self.counters["failed"] += 1
                 self._audit(alert, name, "timeout", argv, None, int(self.timeout_s * 1000))
-                log.error("response_timeout hook=%s alert=%s timeout_s=%s", name, alert.uid, self.timeout_s)
+                log.error("response_timeout %s", kv(hook=name, alert=alert.uid, timeout_s=self.timeout_s))
             except OSError as exc:
                 self.counters["failed"] += 1
                 self._audit(alert, name, "error", argv, output=str(exc))
-                log.error("response_error hook=%s alert=%s error=%s", name, alert.uid, exc)
+                log.error("response_error %s", kv(hook=name, alert=alert.uid, error=exc))
 
     def _audit(self, alert: Alert, hook: str, outcome: str, argv: list[str] | None = None,
                rc: int | None = None, ms: int | None = None, output: str = "") -> None:

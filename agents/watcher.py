@@ -30,6 +30,7 @@ from watchdog.events import (
 )
 
 from dwcore.agents.attribution import OwnerResolver
+from dwcore.logfmt import kv
 from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source, make_event
 from dwcore.schemas.paths import clean_text, fs_name_text, names_text
 
@@ -144,7 +145,7 @@ class FileWatcher:
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="dw-watch-dispatch", daemon=True)
         self._dispatcher.start()
         self._observer.start()
-        log.info("watch_started device=%s roots=%s", self.device, ",".join(self.roots))
+        log.info("watch_started %s", kv(device=self.device, roots=",".join(self.roots)))
 
     def stop(self, timeout: float = 10.0, drain_s: float = 2.0) -> None:
         """Stops watching and hands every buffered event to ``emit`` before returning.
@@ -186,7 +187,7 @@ class FileWatcher:
         try:
             out = self.translate(event, share)
         except (OSError, ValueError) as exc:  # a path the schema refuses must not kill the watcher
-            log.warning("event_untranslatable type=%s path=%r error=%s", event.event_type, event.src_path, exc)
+            log.warning("event_untranslatable %s", kv(type=event.event_type, path=event.src_path, error=exc))
             out = None
         if out is None:
             self.counters["skipped"] += 1

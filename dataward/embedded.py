@@ -166,7 +166,7 @@ class EmbeddedPipeline:
             try:
                 alerts, _ = close_quiet(self.state, user, now, self.policy)
             except Exception:
-                log.exception("close_failed user=%s", user)
+                log.exception("close_failed %s", kv(user=user))
                 continue
             for alert in alerts:
                 self._emit_alert(alert)
@@ -212,7 +212,7 @@ class EmbeddedPipeline:
             try:
                 self.backup.on_alert(alert)
             except Exception:
-                log.exception("backup_on_alert_failed uid=%s", alert.uid)
+                log.exception("backup_on_alert_failed %s", kv(uid=alert.uid))
         # The human first: a chDB insert costs ~17 ms (~180 ms for the first after start).
         if self.on_alert:
             try:

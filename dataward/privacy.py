@@ -12,6 +12,8 @@ import os
 import stat
 from pathlib import Path
 
+from dwcore.logfmt import kv
+
 log = logging.getLogger(__name__)
 
 PRIVATE_UMASK = 0o077
@@ -39,7 +41,7 @@ def make_private(path: str | os.PathLike[str]) -> int:
             if stat.S_ISREG(st.st_mode):
                 changed += _tighten(full, 0o600, st.st_mode)
     if changed:
-        log.info("data_dir_tightened path=%s changed=%d", root, changed)
+        log.info("data_dir_tightened %s", kv(path=root, changed=changed))
     return changed
 
 

@@ -25,6 +25,7 @@ from dwcore.detectors.lists import load_lists
 from dwcore.detectors.policy import Policy, RulePolicy, matches
 from dwcore.detectors.spec import RuleSpec, coded_specs, feature_rule
 from dwcore.detectors.state import Counter, Incident, Item, UserState, copy_state
+from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert, AnomalyAnalysis
 from dwcore.schemas.event import AccessEvent
 
@@ -174,7 +175,7 @@ def evaluate(
             run.emit(inc, "open")
     _bound(st)
     if ignored:
-        log.warning("events_for_other_user user=%s ignored=%d", user, ignored)
+        log.warning("events_for_other_user %s", kv(user=user, ignored=ignored))
     return st, run.alerts
 
 

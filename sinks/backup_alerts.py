@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
+from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import DecodeError, decode_alert
 
@@ -48,18 +49,18 @@ def follow_alerts(client_config: Mapping[str, str], topic: str, group: str, on_a
                 continue
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.error("alerts_consume_error error=%s", msg.error())
+                    log.error("alerts_consume_error %s", kv(error=msg.error()))
                 continue
             try:
                 alert = decode_alert(msg.value() or b"")
             except DecodeError as exc:
-                log.error("alert_undecodable offset=%s reason=%r", msg.offset(), str(exc)[:200])
+                log.error("alert_undecodable %s", kv(offset=msg.offset(), reason=str(exc)[:200]))
                 continue
             seen += 1
             try:
                 on_alert(alert)
             except Exception:
-                log.exception("backup_on_alert_failed uid=%s", alert.uid)
+                log.exception("backup_on_alert_failed %s", kv(uid=alert.uid))
     finally:
         consumer.close()
     return seen

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from dwcore.logfmt import kv
 from dwcore.schemas.event import AccessEvent
 from dwcore.schemas.paths import name_bytes
 from dwcore.sinks.backup_gate import Gate
@@ -151,6 +152,6 @@ def run_scheduled(uploader: Uploader, every_s: float, stop: threading.Event) -> 
         stats = uploader.backup_tree()
         uploader.finish("halted" if stats.halted else "complete")
         passes += 1
-        log.info("backup_scheduled_pass n=%d uploaded=%d unchanged=%d", passes, stats.uploaded, stats.unchanged)
+        log.info("backup_scheduled_pass %s", kv(n=passes, uploaded=stats.uploaded, unchanged=stats.unchanged))
         stop.wait(every_s)
     return passes

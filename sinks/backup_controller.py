@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert, Severity
 from dwcore.sinks.backup_gate import Gate
 from dwcore.sinks.backup_journal import Journal
@@ -100,7 +101,7 @@ def run_hook(command: str, url: str, action: str, incident: Incident, timeout_s:
             failures.append(f"url {type(exc).__name__}")
     for failure in failures:
         # The URL may carry a token: never logged.
-        log.error("backup_hook_failed action=%s incident=%s failure=%r", action, incident.uid, failure)
+        log.error("backup_hook_failed %s", kv(action=action, incident=incident.uid, failure=failure))
     return failures
 
 
@@ -171,9 +172,8 @@ class Controller:
                     self.s3.put_object_tagging(Bucket=row.bucket, Key=row.key, VersionId=row.version_id,
                                                Tagging={"TagSet": [{"Key": SUSPECT_TAG, "Value": incident.uid}]})
                 except Exception as exc:
-                    log.error("suspect_tag_failed key=%r version_id=%s error=%r", row.key, row.version_id,
-                              str(exc)[:200])
-        log.warning("backup_suspects_flagged incident=%s versions=%d", incident.uid, len(rows))
+                    log.error("suspect_tag_failed %s", kv(key=row.key, version_id=row.version_id, error=str(exc)[:200]))
+        log.warning("backup_suspects_flagged %s", kv(incident=incident.uid, versions=len(rows)))
         hook.join(self.hooks.timeout_s * 2 + 1)
 
     def _record(self, rows: Sequence[ManifestRow], audit: AuditRow) -> None:
@@ -182,7 +182,7 @@ class Controller:
                 self.recorder.manifest(rows)
             self.recorder.audit([audit])
         except Exception as exc:  # ClickHouse down: the journal has it all
-            log.error("backup_record_failed error=%r", str(exc)[:300])
+            log.error("backup_record_failed %s", kv(error=str(exc)[:300]))
 
     def _hook(self, action: str, incident: Incident) -> None:
         h = self.hooks
@@ -206,5 +206,5 @@ class Controller:
                                   detail=json.dumps({"halted_at": incident.halted_at})))
         self.journal.clear_marker_if_none_open()
         self._hook("resume", incident)
-        log.warning("backup_resumed incident=%s by=%s", uid, who)
+        log.warning("backup_resumed %s", kv(incident=uid, by=who))
         return incident

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dwcore.logfmt import kv
 from dwcore.sinks.backup_model import Halted
 
 log = logging.getLogger(__name__)
@@ -86,15 +87,15 @@ class Gate:
             try:
                 abort()
                 aborted += 1
-                log.warning("multipart_aborted bucket=%s key=%r upload_id=%s", bucket, key, upload_id)
+                log.warning("multipart_aborted %s", kv(bucket=bucket, key=key, upload_id=upload_id))
             except Exception as exc:  # the upload may have just completed or never started
-                log.error("multipart_abort_failed key=%r upload_id=%s error=%r", key, upload_id, str(exc)[:200])
+                log.error("multipart_abort_failed %s", kv(key=key, upload_id=upload_id, error=str(exc)[:200]))
         deadline = time.monotonic() + wait_s
         with self._cond:
             while self._commits and time.monotonic() < deadline:
                 self._cond.wait(deadline - time.monotonic())
             if self._commits:
-                log.error("halt_wait_timeout commits_in_flight=%d", self._commits)
+                log.error("halt_wait_timeout %s", kv(commits_in_flight=self._commits))
         self.aborted += aborted
         return aborted
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import msgspec
 
+from dwcore.logfmt import kv
 from dwcore.schemas.ddl import (
     BACKUP_AUDIT_COLUMNS,
     BACKUP_AUDIT_TABLE,
@@ -39,8 +40,8 @@ class StoreRecorder(Recorder):
                 self.store.insert(table, columns, rows)
                 return
             except StoreFailure as exc:
-                log.error("backup_store_insert_failed table=%s rows=%d retriable=%s reason=%r", table, len(rows),
-                          exc.retriable, str(exc)[:300])
+                log.error("backup_store_insert_failed %s", kv(
+                    table=table, rows=len(rows), retriable=exc.retriable, reason=str(exc)[:300]))
         self.park_dir.mkdir(parents=True, exist_ok=True)
         with open(self.park_dir / f"{table}.jsonl", "ab") as fh:
             fh.write(b"".join(msgspec.json.encode(r) + b"\n" for r in rows))

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from dwcore.logfmt import kv
 from dwcore.sinks.backup_model import ESCAPED_META, MANIFEST_DIR, SHA_META, SUSPECT_TAG, Incident
 from dwcore.sinks.backup_s3 import Version, list_versions, norm_prefix, rel_bytes
 
@@ -78,7 +79,7 @@ def suspect_tag(s3: Any, bucket: str, v: Version) -> str:
     try:
         tags = s3.get_object_tagging(Bucket=bucket, Key=v.key, VersionId=v.version_id).get("TagSet", [])
     except Exception as exc:
-        log.warning("restore_tag_lookup_failed key=%r error=%r", v.key, str(exc)[:200])
+        log.warning("restore_tag_lookup_failed %s", kv(key=v.key, error=str(exc)[:200]))
         return ""
     return next((t["Value"] for t in tags if t["Key"] == SUSPECT_TAG), "")
 
@@ -119,8 +120,8 @@ def restore(s3: Any, bucket: str, prefix: str, target: str, point_ms: int,
             continue
         out.append(_restore_one(s3, bucket, prefix, target, pick))
         on_done(pick.version.size)
-    log.info("backup_restore_done bucket=%s prefix=%s objects=%d restored=%d", bucket, prefix, len(out),
-             sum(r.status == "restored" for r in out))
+    log.info("backup_restore_done %s", kv(
+        bucket=bucket, prefix=prefix, objects=len(out), restored=sum(r.status == "restored" for r in out)))
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from dwcore.logfmt import kv
 from dwcore.sinks.backup_model import MANIFEST_DIR
 from dwcore.sinks.backup_s3 import list_versions, norm_prefix
 
@@ -57,6 +58,6 @@ def seal(s3: Any, bucket: str, prefix: str, days: int, mode: str = "governance",
             out.append(Sealed(v.key, v.version_id, MODES[mode], until.isoformat(), legal_hold, "error",
                               str(exc)[:200]))
         on_done()
-    log.info("backup_sealed bucket=%s prefix=%s mode=%s days=%d objects=%d", bucket, prefix, mode, days,
-             sum(s.status == "sealed" for s in out))
+    log.info("backup_sealed %s", kv(
+        bucket=bucket, prefix=prefix, mode=mode, days=days, objects=sum(s.status == "sealed" for s in out)))
     return out

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from dwcore.logfmt import kv
 from dwcore.sinks.backup_gate import Gate
 from dwcore.sinks.backup_journal import Journal
 from dwcore.sinks.backup_model import (
@@ -136,7 +137,7 @@ class Uploader:
         self.mode = mode
         self.run_id = self.journal.open_run(self.bucket, self.prefix, root, mode) or ""
         if self.run_id:
-            log.warning("backup_run_resumed run_id=%s root=%s", self.run_id, root)
+            log.warning("backup_run_resumed %s", kv(run_id=self.run_id, root=root))
         else:
             self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
         self.started_at = self.clock()
@@ -191,7 +192,7 @@ class Uploader:
         except Exception as exc:
             if self.gate.closed:  # an abort of our multipart upload surfaces as an S3 error
                 return "halted", None
-            log.error("backup_file_failed path=%r error=%r", rel, str(exc)[:300])
+            log.error("backup_file_failed %s", kv(path=rel, error=str(exc)[:300]))
             return "error", None
 
     # -- one file -------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ class Uploader:
         entry = ManifestEntry(key=key, path=text, escaped=escaped, size=size, sha256=sha,
                               version_id=head["VersionId"], uploaded_at=committed, uploaded_in_run=True)
         self.journal.record_upload(self.bucket, entry, st, self.run_id)
-        log.warning("backup_adopted_after_crash key=%r version_id=%s", key, head["VersionId"])
+        log.warning("backup_adopted_after_crash %s", kv(key=key, version_id=head["VersionId"]))
         return entry
 
     def _multipart(self, path: bytes, key: str, text: str, escaped: bool, size: int, sha: str,
@@ -270,12 +271,12 @@ class Uploader:
         if prev is not None and prev[0]:
             if prev[2] == sha and prev[3] == size:
                 upload_id, parts = prev[0], json.loads(prev[1])
-                log.warning("multipart_resumed key=%r upload_id=%s parts_done=%d", key, upload_id, len(parts))
+                log.warning("multipart_resumed %s", kv(key=key, upload_id=upload_id, parts_done=len(parts)))
             else:  # the file changed since the crash: that upload can never be completed
                 try:
                     self.s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=prev[0])
                 except Exception as exc:
-                    log.warning("stale_multipart_abort_failed key=%r error=%r", key, str(exc)[:200])
+                    log.warning("stale_multipart_abort_failed %s", kv(key=key, error=str(exc)[:200]))
         self.gate.check()
         if not upload_id:
             upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=meta)["UploadId"]
@@ -354,8 +355,8 @@ class Uploader:
                 bucket=self.bucket, prefix=self.prefix, status=manifest.status, files=len(manifest.files),
                 bytes=run[9] if run else 0, skipped=max(0, len(manifest.files) - uploaded), errors=self.errors,
                 manifest_key=key, reason=self.gate.reason if manifest.status == "halted" else "")])
-        log.info("backup_run_finished run_id=%s status=%s files=%d manifest=%s", self.run_id, manifest.status,
-                 len(manifest.files), key)
+        log.info("backup_run_finished %s", kv(
+            run_id=self.run_id, status=manifest.status, files=len(manifest.files), manifest=key))
         return manifest
 
 

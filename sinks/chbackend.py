@@ -224,7 +224,7 @@ class ChdbBackend(_ClientWriter):
         try:
             conn.query(f"KILL QUERY WHERE Settings['log_comment'] = {quote(tag)} ASYNC")
         except Exception as exc:
-            log.debug("cancel_failed tag=%s error=%r", tag, str(exc)[:200])
+            log.debug("cancel_failed %s", kv(tag=tag, error=str(exc)[:200]))
         finally:
             conn.close()
 
@@ -270,7 +270,7 @@ class ServerBackend(_ClientWriter):
         try:
             self._client.command(f"KILL QUERY WHERE Settings['log_comment'] = {quote(tag)} ASYNC")
         except Exception as exc:
-            log.debug("cancel_failed tag=%s error=%r", tag, str(exc)[:200])
+            log.debug("cancel_failed %s", kv(tag=tag, error=str(exc)[:200]))
 
     def close(self) -> None:
         super().close()

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from dwcore.logfmt import kv
 from dwcore.schemas.ddl import (
     ALERT_COLUMNS,
     ALERTS_TABLE,
@@ -62,13 +63,13 @@ def apply_migrations(
     for migration in sorted(migrations, key=lambda m: m.version):
         if migration.version in done:
             continue
-        log.info("schema_migration_start version=%d name=%r", migration.version, migration.name)
+        log.info("schema_migration_start %s", kv(version=migration.version, name=migration.name))
         for statement in migration.statements(ctx):
             command(statement)
         record = f"INSERT INTO {ctx.table(MIGRATIONS_TABLE)} (version, name, applied_at) VALUES "  # noqa: S608
         command(record + f"({int(migration.version)}, {_quote(migration.name)}, now64(3))")
         applied.append(migration.version)
-        log.info("schema_migration_done version=%d", migration.version)
+        log.info("schema_migration_done %s", kv(version=migration.version))
     _add_missing_columns(command, rows, ctx)
     _sync_ttls(command, rows, ctx)
     return applied
@@ -87,7 +88,7 @@ def _add_missing_columns(command: Command, rows: Rows, ctx: Context) -> None:
     for table, cols in MIRRORED.items():
         for name, typ in cols:
             if name not in have.get(table, set()):
-                log.info("schema_add_column table=%s column=%s type=%s", table, name, typ)
+                log.info("schema_add_column %s", kv(table=table, column=name, type=typ))
                 command(f"ALTER TABLE {ctx.table(table)} ADD COLUMN IF NOT EXISTS `{name}` {typ}")
 
 
@@ -106,7 +107,7 @@ def _sync_ttls(command: Command, rows: Rows, ctx: Context) -> None:
         have = (found.group(1) or found.group(2)) if found else None
         if have is not None and int(have) == want:
             continue
-        log.info("schema_ttl table=%s days=%d was=%s", table, want, have or "none")
+        log.info("schema_ttl %s", kv(table=table, days=want, was=have or "none"))
         command(f"ALTER TABLE {ctx.table(table)} MODIFY {ctx.ttl(table, column)}")
 
 

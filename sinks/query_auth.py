@@ -16,6 +16,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from dwcore.logfmt import kv
+
 log = logging.getLogger(__name__)
 
 USER = "dataward"
@@ -51,7 +53,7 @@ def ensure_token(path: str | Path) -> str:
         pass
     token = secrets.token_urlsafe(32)
     write_private(target, token.encode() + b"\n")
-    log.info("query_token_created path=%s", target)
+    log.info("query_token_created %s", kv(path=target))
     return token
 
 

@@ -183,7 +183,7 @@ class QueryServer:
         if failure:
             self._thread = None
             raise failure[0]
-        log.info("query_server_started url=%s max_connections=%d", self.url, self.limits.max_connections)
+        log.info("query_server_started %s", kv(url=self.url, max_connections=self.limits.max_connections))
         return self
 
     @property
