@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dataward import cli_detect, cli_fileagent, cli_schema
+from dataward.cli_alerts import app as alerts_app
 from dataward.cli_custody import custody_app
 from dataward.cli_report import report_app
 from dataward.cli_s3 import s3_app
@@ -38,6 +39,7 @@ app.command("schema")(cli_schema.schema)
 app.add_typer(cli_detect.incident_app, name="incident")
 app.add_typer(cli_detect.model_app, name="model")
 app.add_typer(__import__("dataward.cli_backup", fromlist=["app"]).app, name="backup")
+app.add_typer(alerts_app, name="alerts")
 
 out = Console()
 err = Console(stderr=True)

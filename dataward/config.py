@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -187,6 +187,30 @@ class CaptureConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     heartbeat_s: float = 30.0  # heartbeats to dw.heartbeats (0 = off)
 
 
+class DestinationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One place alerts go. Secrets (webhook signing secret, PagerDuty routing key, or the Slack/Teams
+    URL itself) come from ``secret_file`` or ``DATAWARD_ALERTS_<NAME>_SECRET`` / ``_URL``; see docs/alerts.md."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+    kind: Literal["webhook", "slack", "teams", "pagerduty"]
+    url: str = ""
+    secret_file: str = ""
+    min_severity: Literal["low", "medium", "high", "critical"] = "low"
+    rules: list[str] = []
+    users: list[str] = []
+    user_groups: list[str] = []
+    tags: list[str] = []
+    rate_per_minute: float | None = None  # default per kind: slack/teams 60, pagerduty 120, webhook none
+    timeout_s: float = 10.0
+
+
+class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    destinations: list[DestinationConfig] = []
+    outbox_dir: str = ""  # defaults to <data_dir>/outbox
+    retry_initial_s: float = 0.5  # first retry delay; doubles per failure, with jitter
+    retry_max_s: float = 60.0  # cap of the retry delay
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".dataward"  # state: chDB store, spools, outbox, tokens (0700, owner-only files)
     policy_file: str = ""  # detection policy YAML; empty: the built-in default policy
@@ -202,6 +226,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     response: ResponseConfig = ResponseConfig()
     capture: CaptureConfig = CaptureConfig()
     backup: BackupConfig = BackupConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @property
     def device(self) -> str:
@@ -219,6 +244,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def models_dir(self) -> Path:
         """Where `dataward model train` writes baselines and the pipelines load them from."""
         return Path(self.data_dir) / "models"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return Path(self.alerts.outbox_dir or Path(self.data_dir) / "outbox")
 
     @property
     def query_addr_file(self) -> Path:
@@ -258,7 +287,7 @@ def read_secret(env_var: str, file_path: str = "") -> str:
 _SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig,
              "content": ContentConfig, "s3": S3Config, "audit": AuditConfig,
              "canary": CanaryConfig, "response": ResponseConfig, "capture": CaptureConfig,
-             "backup": BackupConfig}
+             "backup": BackupConfig, "alerts": AlertsConfig}
 
 
 # DATAWARD_* variables that are not configuration keys: the config file's path, the scripts'

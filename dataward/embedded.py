@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dataward.agent_pipeline import build_stages
+from dataward.alerting import build_router
 from dataward.config import Config
 from dataward.datadir import DataDirLock
 from dataward.model_train import load_models
@@ -25,8 +26,10 @@ from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encodable_events
-from dwcore.schemas.ddl import ALERTS_TABLE, EVENTS_TABLE
+from dwcore.schemas.ddl import ALERTS_TABLE, DELIVERIES_TABLE, EVENTS_TABLE
+from dwcore.schemas.delivery import Delivery
 from dwcore.schemas.event import AccessEvent
+from dwcore.sinks.alert_router import AlertRouter
 from dwcore.sinks.batcher import Batcher
 from dwcore.sinks.custody import Sealer
 from dwcore.sinks.errors import StoreFailure, StoreUnavailable
@@ -82,6 +85,11 @@ class EmbeddedPipeline:
         self._keeper: Keeper | None = None
         self._batcher: Batcher[AccessEvent] | None = None
         self._sealer: Sealer | None = None
+        self._deliveries: Batcher[Delivery] | None = None
+        self._router: AlertRouter | None = None
+        # In-process subscription: called for every alert once it is safe in the outbox (the
+        # built-in sinks first: backup halt, console, JSONL, store; add yours with subscribe()).
+        self.alert_callbacks: list[Callable[[Alert], object]] = []
         self._jsonl: AlertJsonlWriter | None = None
         self._unwritten: list[Alert] = []  # alerts whose JSONL line failed; retried every batch
         self._server: QueryServer | None = None
@@ -111,8 +119,19 @@ class EmbeddedPipeline:
             name="events",
         )
         self._batcher.start()
+        self._deliveries = Batcher(
+            store.writer.insert_deliveries,
+            batch_rows=1_000,
+            flush_interval_s=self.config.store.flush_interval_s,
+            on_permanent=lambda rows, exc: keeper.failed(DELIVERIES_TABLE, rows, exc),
+            name="deliveries",
+        )
+        self._deliveries.start()
         if self.config.alerts_jsonl:
             self._jsonl = AlertJsonlWriter(self.config.alerts_jsonl)
+        self.alert_callbacks.insert(0, self._emit_alert)
+        self._router = build_router(self.config, self._deliveries.add_many, subscribers=self.alert_callbacks)
+        self._router.start()
         token = ensure_token(self.config.query_token_file)
         self._server = QueryServer(store.reader, self.config.query.host, self.config.query.port, token=token,
                                    limits=self.config.query.limits())
@@ -160,16 +179,21 @@ class EmbeddedPipeline:
             log.warning("custody_seal_failed %s", kv(error=exc))
 
     def _close_quiet(self) -> None:
+        assert self._router is not None
         self._retry_jsonl()
         now = int(time.time() * 1000)
         for user in list(self.state):
             try:
-                alerts, _ = close_quiet(self.state, user, now, self.policy)
+                # Closing versions go through the outbox like any other alert version.
+                alerts, _ = close_quiet(self.state, user, now, self.policy, before_commit=self._router.commit)
             except Exception:
                 log.exception("close_failed %s", kv(user=user))
                 continue
-            for alert in alerts:
-                self._emit_alert(alert)
+            self._router.publish(alerts)
+
+    def subscribe(self, callback: Callable[[Alert], object]) -> None:
+        """Call ``callback(alert)`` for every alert, after it is durable in the outbox."""
+        self.alert_callbacks.append(callback)
 
     def _process(self, events: list[AccessEvent]) -> None:
         assert self._batcher is not None and self._store is not None
@@ -179,9 +203,10 @@ class EmbeddedPipeline:
         self._retry_jsonl()
         # Alerts first: they are what a human is waiting for; the event history follows within
         # the flush interval. Each user apart: one user's trouble never costs another's alert.
+        assert self._router is not None
         for user, user_events in group_by_user(events).items():
-            for alert in self._detect_user(user, user_events):
-                self._emit_alert(alert)
+            # Durable in the outbox before the user's state moves on; then every subscriber on its own.
+            self._router.publish(self._detect_user(user, user_events))
         if self.backup:  # after detection: a batch that raised an alert has already halted the backup
             self.backup.on_events(events)
         self._batcher.add_many(events)
@@ -191,16 +216,21 @@ class EmbeddedPipeline:
         """The user's alerts; if the batch breaks a detector, event by event, so that only the
         event that breaks it is left uncounted (the state is written only on success)."""
         try:
-            return detect_user(self.state, user, events, self.policy, scorer=self.scorer)
+            return detect_user(self.state, user, events, self.policy, scorer=self.scorer, before_commit=self._commit)
         except Exception:
             log.exception("detect_failed %s", kv(user=user, events=len(events), action="one_by_one"))
         alerts: list[Alert] = []
         for ev in events:
             try:
-                alerts.extend(detect_user(self.state, user, [ev], self.policy, scorer=self.scorer))
+                alerts.extend(detect_user(self.state, user, [ev], self.policy, scorer=self.scorer,
+                                          before_commit=self._commit))
             except Exception:
                 log.exception("detect_failed_event %s", kv(user=user, uid=ev.uid, action="not_counted"))
         return alerts
+
+    def _commit(self, alerts: list[Alert]) -> None:
+        assert self._router is not None
+        self._router.commit(alerts)
 
     def _emit_alert(self, alert: Alert) -> None:
         """Every sink on its own: one that fails neither stops the others nor loses the alert
@@ -247,6 +277,11 @@ class EmbeddedPipeline:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=60)
+        if self._router:
+            self._router.stop()  # a few seconds to deliver what is queued; the rest stays in the outbox
+        if self._deliveries and not self._deliveries.close() and self._keeper:
+            attempts = self._deliveries.take_pending()
+            self._keeper.failed(DELIVERIES_TABLE, attempts, StoreUnavailable("store unavailable at shutdown"))
         if self._batcher and not self._batcher.close() and self._keeper:
             left = self._batcher.take_pending()
             self._keeper.failed(EVENTS_TABLE, left, StoreUnavailable("store unavailable at shutdown"))

@@ -11,6 +11,7 @@ import msgspec
 
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.delivery import Delivery
 from dwcore.schemas.event import AccessEvent
 from dwcore.schemas.paths import clean_text, names_text
 
@@ -18,6 +19,7 @@ _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(AccessEvent)
 _alert_decoder = msgspec.json.Decoder(Alert)
 _deadletter_decoder = msgspec.json.Decoder(DeadLetter)
+_delivery_decoder = msgspec.json.Decoder(Delivery)
 
 
 class DecodeError(ValueError):
@@ -103,3 +105,10 @@ def decode_deadletter(raw: bytes) -> DeadLetter:
         return _deadletter_decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise DecodeError(f"invalid dead letter: {exc}") from None
+
+
+def decode_delivery(raw: bytes) -> Delivery:
+    try:
+        return _delivery_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise DecodeError(f"invalid delivery: {exc}") from None

@@ -143,6 +143,9 @@ DELIVERY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("http_status", "Nullable(UInt16)"),
     ("latency_ms", "UInt32"),
     ("error", "String"),
+    ("message_id", "String"),  # webhook-id / dedup key of the request (a digest's own id)
+    ("digest_size", "UInt32"),  # alerts carried by that request (1, or a digest's size)
+    ("test", "Bool"),  # sent by `dataward alerts test`
 )
 
 # One file seen by an inventory scan (the data-collection stage: how old, whose, what type).

@@ -13,6 +13,7 @@ import msgspec
 
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.delivery import Delivery
 from dwcore.schemas.event import AccessEvent
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
@@ -20,6 +21,7 @@ CONTRACTS: dict[str, type[msgspec.Struct]] = {
     "event": AccessEvent,
     "alert": Alert,
     "deadletter": DeadLetter,
+    "delivery": Delivery,
 }
 
 

@@ -18,6 +18,8 @@ from dwcore.schemas.ddl import (
     ALERTS_TABLE,
     DEADLETTER_COLUMNS,
     DEADLETTER_TABLE,
+    DELIVERIES_TABLE,
+    DELIVERY_COLUMNS,
     EVENT_COLUMNS,
     EVENTS_TABLE,
     MIGRATIONS_TABLE,
@@ -38,6 +40,7 @@ MIRRORED: dict[str, tuple[tuple[str, str], ...]] = {
     EVENTS_TABLE: EVENT_COLUMNS,
     ALERTS_TABLE: ALERT_COLUMNS,
     DEADLETTER_TABLE: DEADLETTER_COLUMNS,
+    DELIVERIES_TABLE: DELIVERY_COLUMNS,
 }
 
 _TTL_DAYS = re.compile(r"\bTTL .*?(?:toIntervalDay\((\d+)\)|INTERVAL (\d+) DAY)", re.IGNORECASE)

@@ -23,12 +23,22 @@ from typing import Any
 import msgspec
 
 from dwcore.logfmt import kv
-from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event, encode, encode_many
+from dwcore.schemas.codec import (
+    DecodeError,
+    decode_alert,
+    decode_deadletter,
+    decode_delivery,
+    decode_event,
+    encode,
+    encode_many,
+)
 from dwcore.schemas.ddl import (
     ALERT_COLUMNS,
     ALERTS_TABLE,
     DEADLETTER_COLUMNS,
     DEADLETTER_TABLE,
+    DELIVERIES_TABLE,
+    DELIVERY_COLUMNS,
     EVENT_COLUMNS,
     EVENTS_TABLE,
 )
@@ -43,6 +53,7 @@ _TABLES: dict[str, tuple[Callable[[bytes], Any], tuple[tuple[str, str], ...]]] =
     EVENTS_TABLE: (decode_event, EVENT_COLUMNS),
     ALERTS_TABLE: (decode_alert, ALERT_COLUMNS),
     DEADLETTER_TABLE: (decode_deadletter, DEADLETTER_COLUMNS),
+    DELIVERIES_TABLE: (decode_delivery, DELIVERY_COLUMNS),
 }
 _seq = itertools.count()
 

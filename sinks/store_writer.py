@@ -19,6 +19,8 @@ from dwcore.schemas.ddl import (
     ALERTS_TABLE,
     DEADLETTER_COLUMNS,
     DEADLETTER_TABLE,
+    DELIVERIES_TABLE,
+    DELIVERY_COLUMNS,
     EVENT_COLUMNS,
     EVENTS_TABLE,
     INCIDENT_ACTION_COLUMNS,
@@ -26,6 +28,7 @@ from dwcore.schemas.ddl import (
     SOURCE_COLUMNS,
 )
 from dwcore.schemas.deadletter import DeadLetter
+from dwcore.schemas.delivery import Delivery
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.chbackend import Backend
 
@@ -132,3 +135,6 @@ class StoreWriter:
     def rows(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[list[Any]]:
         """Rows of a read-only query on this connection (replay positions, custody chain heads)."""
         return self._rows(sql, parameters or {})
+
+    def insert_deliveries(self, items: Sequence[Delivery], dedup_token: str | None = None) -> int:
+        return self.insert(DELIVERIES_TABLE, DELIVERY_COLUMNS, items, dedup_token)

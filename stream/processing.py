@@ -8,7 +8,7 @@ lets both modes run the same code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -98,6 +98,10 @@ def _log_alerts(alerts: Sequence[Alert]) -> None:
                                    status=alert.status, uid=alert.uid))
 
 
+# Makes a user's new alerts durable (outbox, topic) before the state that raised them is written.
+AlertCommit = Callable[[list[Alert]], None]
+
+
 def detect_user(
     state: MutableMapping[str, bytes],
     user: str,
@@ -105,8 +109,13 @@ def detect_user(
     policy: Policy,
     offsets: Sequence[int] | None = None,
     scorer: Scorer | None = None,
+    before_commit: AlertCommit | None = None,
 ) -> list[Alert]:
     """Run the detectors over one user's new events and write the user's state back.
+
+    ``before_commit(alerts)`` runs before the state is written: it makes the alerts durable (the
+    outbox). If it raises, the state is not written, so the alerts are not forgotten as "already
+    raised"; the exception goes to the caller.
 
     ``offsets`` (the source offsets of ``events``, all from the user's one partition) make a replay
     idempotent: after a crash between the state write and the offset commit, events at or below
@@ -123,18 +132,23 @@ def detect_user(
         if not events:
             return []
     new_state, alerts = evaluate(current, user, events, policy, scorer)
+    if alerts and before_commit is not None:
+        before_commit(alerts)
     state[user] = _stored_encoder.encode(_Stored(last, encode_state(new_state)))
     _log_alerts(alerts)
     return alerts
 
 
-def close_quiet(state: MutableMapping[str, bytes], user: str, now_ms: int, policy: Policy) -> tuple[list[Alert], bool]:
+def close_quiet(state: MutableMapping[str, bytes], user: str, now_ms: int, policy: Policy,
+                before_commit: AlertCommit | None = None) -> tuple[list[Alert], bool]:
     """Closing versions for ``user``'s incidents quiet at ``now_ms``; also whether any stay open."""
     current, done = _load(state.get(user), user)
     if current is None or not has_open_incident(current):
         return [], False
     new_state, alerts = tick(current, user, now_ms, policy)
     if alerts:
+        if before_commit is not None:
+            before_commit(alerts)
         state[user] = _stored_encoder.encode(_Stored(done, encode_state(new_state)))
         _log_alerts(alerts)
     return alerts, has_open_incident(new_state)
@@ -146,8 +160,8 @@ def prepare(policy: Policy) -> None:
 
 
 def detect(state: MutableMapping[str, bytes], events: Sequence[AccessEvent], policy: Policy,
-           scorer: Scorer | None = None) -> list[Alert]:
+           scorer: Scorer | None = None, before_commit: AlertCommit | None = None) -> list[Alert]:
     alerts: list[Alert] = []
     for user, user_events in group_by_user(events).items():
-        alerts.extend(detect_user(state, user, user_events, policy, scorer=scorer))
+        alerts.extend(detect_user(state, user, user_events, policy, scorer=scorer, before_commit=before_commit))
     return alerts

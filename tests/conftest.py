@@ -154,3 +154,20 @@ def dataward_proc(tmp_path: Path):
     yield start
     for proc in reversed(started):
         proc.stop()
+
+
+@pytest.fixture
+def receiver():
+    """Factory: a real HTTP receiver on 127.0.0.1 (tests/receivers.py); stopped at teardown."""
+    from tests.receivers import Receiver
+
+    started: list[Receiver] = []
+
+    def make(respond=None) -> Receiver:
+        rec = Receiver(respond) if respond else Receiver()
+        started.append(rec.start())
+        return rec
+
+    yield make
+    for rec in started:
+        rec.stop()
