@@ -205,7 +205,9 @@ class DestinationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 
 
 class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    destinations: list[DestinationConfig] = []
+    """Where alerts go: Slack, Teams, PagerDuty, signed webhooks, through a durable outbox (docs/alerts.md)."""
+
+    destinations: list[DestinationConfig] = []  # name, kind, url, secret_file, filters: see docs/alerts.md
     outbox_dir: str = ""  # defaults to <data_dir>/outbox
     retry_initial_s: float = 0.5  # first retry delay; doubles per failure, with jitter
     retry_max_s: float = 60.0  # cap of the retry delay
