@@ -296,6 +296,8 @@ _SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "
 # cache, and secrets (read where they are used, never from YAML).
 _NON_CONFIG_ENV = frozenset({"DATAWARD_CONFIG", "DATAWARD_CACHE"})
 _SECRET_ENV = re.compile(r"^DATAWARD_[A-Z0-9_]*(PASSWORD|SECRET|TOKEN|KEY)(_FILE)?$")
+# Slack and Teams webhook URLs are credentials: DATAWARD_ALERTS_<NAME>_URL (dataward/alerting.py).
+_ALERT_URL_ENV = re.compile(r"^DATAWARD_ALERTS_[A-Z0-9_]+_URL$")
 
 
 def env_name(section: str, field: str) -> str:
@@ -311,7 +313,8 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         out.setdefault("store", {})["url"] = env["CLICKHOUSE_URL"]
     unknown: list[str] = []
     for key, value in env.items():
-        if not key.startswith("DATAWARD_") or key in _NON_CONFIG_ENV or _SECRET_ENV.match(key):
+        if (not key.startswith("DATAWARD_") or key in _NON_CONFIG_ENV or _SECRET_ENV.match(key)
+                or _ALERT_URL_ENV.match(key)):
             continue
         rest = key[len("DATAWARD_") :].lower()
         section, _, field = rest.partition("_")
