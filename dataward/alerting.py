@@ -93,6 +93,7 @@ def run_alert_deliverer(config: Config, stop: threading.Event, ready: Callable[[
     from dataward.distributed import ensure_all_topics, topics_of
     from dwcore.sinks.alert_consumer import run_alert_consumer
     from dwcore.sinks.batcher import Batcher
+    from dwcore.sinks.query_auth import ensure_token
     from dwcore.sinks.query_server import QueryServer
     from dwcore.sinks.store import open_when_available
 
@@ -109,7 +110,8 @@ def run_alert_deliverer(config: Config, stop: threading.Event, ready: Callable[[
         if store is None:
             return 0
         if store.embedded:
-            server = QueryServer(store.reader, config.query.host, config.query.port).start()
+            server = QueryServer(store.reader, config.query.host, config.query.port,
+                                 token=ensure_token(config.query_token_file), limits=config.query.limits()).start()
             server.write_addr_file(config.query_addr_file)
         recorder = Batcher(store.writer.insert_deliveries, batch_rows=1_000,
                            flush_interval_s=config.store.flush_interval_s, name="deliveries")
