@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from dataward.config import Config, ConfigError, DestinationConfig
 from dataward.datadir import DataDirLock
 from dwcore.backoff import Backoff
+from dwcore.schemas.alert import Alert
 from dwcore.schemas.delivery import Delivery
 from dwcore.sinks.alert_formats import PAGERDUTY_EVENTS_URL
 from dwcore.sinks.alert_router import AlertRouter
@@ -76,7 +77,7 @@ def destinations(cfg: Config, env: Mapping[str, str] | None = None) -> list[Dest
     return [resolve(d, env) for d in cfg.alerts.destinations]
 
 
-def build_router(cfg: Config, record: Callable[[list[Delivery]], None], **kw: object) -> AlertRouter:
+def build_router(cfg: Config, record: Callable[[list[Delivery]], object], **kw: object) -> AlertRouter:
     dests = destinations(cfg)
     a = cfg.alerts
     return AlertRouter(
@@ -131,3 +132,35 @@ def run_alert_deliverer(config: Config, stop: threading.Event, ready: Callable[[
         if store is not None:
             store.close()
         lock.release()
+
+
+def announce(
+    config: Config,
+    alerts: list[Alert],
+    record: Callable[[list[Delivery]], object] = lambda rows: None,
+    grace_s: float = 5.0,
+) -> str:
+    """Hand alert versions made outside detection (``dataward incident resolve``) to delivery.
+
+    With a ClickHouse server (the distributed mode) they go to ``dw.alerts``, acknowledged, where
+    ``dataward alerts deliver`` and the sink take them. Otherwise (embedded; the caller holds the
+    data dir, so no ``dataward run`` is using it) they go into the local outbox and are delivered
+    now, for up to ``grace_s``; what is left goes out with the next ``dataward run``."""
+    if config.store.url:
+        from dataward.distributed import topics_of
+        from dwcore.stream.alert_producer import DurableAlertPublisher
+
+        publisher = DurableAlertPublisher(config.kafka.client_config(), topics_of(config).alerts, timeout_s=30)
+        try:
+            publisher(alerts)
+        finally:
+            publisher.close()
+        return "the alerts topic"
+    if not config.alerts.destinations:
+        return "nowhere (no alert destinations configured)"
+    router = build_router(config, record)
+    router.commit(alerts)
+    router.start()
+    router.stop(grace_s)
+    left = router.outbox.pending
+    return "the configured destinations" + (f" ({left} still queued in the outbox)" if left else "")

@@ -100,6 +100,15 @@ def incident_resolve(
         action = IncidentAction(uid=uid, time=now, action="resolved", actor=actor, note=note,
                                 version=resolved.version)
         store.writer.insert_incident_actions([action])
+        # The resolved version reaches the pager too (PagerDuty: a resolve for the incident's dedup_key).
+        from dataward.alerting import announce
+
+        try:
+            writer = store.writer
+            where = announce(cfg, [resolved], record=writer.insert_deliveries)
+            out.print(f"resolved version sent to {where}")
+        except Exception as exc:  # recorded in the store already; delivery is best told, not fatal
+            err.print(f"[yellow]resolved version not delivered:[/yellow] {exc}")
     finally:
         store.close()
     assert isinstance(resolved, Alert)

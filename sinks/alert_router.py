@@ -33,7 +33,7 @@ class AlertRouter:
         self,
         outbox_dir: Path | str,
         destinations: Sequence[Destination],
-        record: Callable[[list[Delivery]], None] = lambda rows: None,
+        record: Callable[[list[Delivery]], object] = lambda rows: None,
         *,
         clock: Clock | None = None,
         backoff: Callable[[], Backoff] = lambda: Backoff(0.5, 60.0),

@@ -82,7 +82,7 @@ class Deliverer:
         self,
         dest: Destination,
         lane: Lane,
-        record: Callable[[list[Delivery]], None],
+        record: Callable[[list[Delivery]], object],
         *,
         clock: Clock | None = None,
         backoff: Backoff | None = None,

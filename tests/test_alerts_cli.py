@@ -107,3 +107,35 @@ alerts:
     with pytest.raises(ConfigError):
         load_config(tmp_path / "c.yaml", overrides={"alerts": {"destinations": [{"name": "x", "kind": "sms"}]}},
                     env={})
+
+
+def test_incident_resolve_sends_a_pagerduty_resolve(tmp_path, receiver):
+    from dwcore.sinks.store import Store
+    from tests.alertkit import make_alert
+
+    rec = receiver(lambda req: (202, {}, b'{"status":"success"}'))
+    state = tmp_path / "state"
+    (tmp_path / "rk").write_text("ROUTINGKEY123")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+data_dir: {state}
+alerts:
+  destinations:
+    - {{name: pager, kind: pagerduty, url: "{rec.url}", secret_file: "{tmp_path / 'rk'}"}}
+""")
+    alert = make_alert(4, severity="critical", version=2)
+    store = Store.open(f"chdb://{state / 'chdb'}")
+    try:
+        store.writer.ensure_schema()
+        store.writer.insert_alerts([alert])
+    finally:
+        store.close()
+    res = run_cli("incident", "resolve", alert.uid, "--by", "oncall-bob", "--config", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert [r.json() for r in rec.requests] == [
+        {"routing_key": "ROUTINGKEY123", "event_action": "resolve", "dedup_key": alert.uid}]
+    rows = run_cli("query", "SELECT alert_version, destination, status, http_status FROM deliveries",
+                   "--config", str(cfg), "--format", "json")
+    assert rows.returncode == 0, rows.stderr
+    assert json.loads(rows.stdout) == [{"alert_version": 3, "destination": "pager", "status": "delivered",
+                                         "http_status": 202}]
