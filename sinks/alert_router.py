@@ -25,7 +25,7 @@ from dwcore.sinks.pacing import Clock
 
 log = logging.getLogger(__name__)
 
-AlertCallback = Callable[[Alert], None]
+AlertCallback = Callable[[Alert], object]
 
 
 class AlertRouter:
