@@ -20,7 +20,6 @@ import msgspec
 from dwcore.detectors import burst, explain, incident
 from dwcore.detectors.baseline import Scorer
 from dwcore.detectors.features import Facts, classify
-from dwcore.detectors.horizons import INDEX
 from dwcore.detectors.lists import load_lists
 from dwcore.detectors.policy import Policy, RulePolicy, matches
 from dwcore.detectors.spec import RuleSpec, coded_specs, feature_rule
@@ -199,9 +198,10 @@ def _apply_rules(run: _Run, ev: AccessEvent, facts: Facts, groups: tuple[str, ..
         n, end = burst.count(c, t, rule)
         for _ in range(min(spec.weight(ev), rule.cap) - 1 if spec.weight is not None else 0):
             n, end = burst.count(c, t, rule)
-        if n >= rule.cap and spec.feature and rule.window_s <= 10:
-            # The window list is capped to bound the state; the 1-second ring knows the real count.
-            n = max(n, st.horizons.totals(0, t)[INDEX[spec.feature]])
+        if n >= rule.cap and spec.feature:
+            # The window list is capped to bound the state; the rings know the real count (exact
+            # for 10 s windows, to one bucket for longer ones).
+            n = max(n, st.horizons.window_total(spec.feature, t, rule.window_ms))
         hits.setdefault(key, []).append((spec, rule, c, n, end))
     for key, matched in hits.items():
         inc = st.incidents.get(key)

@@ -77,3 +77,14 @@ class Horizons(msgspec.Struct, array_like=True):
         b_now = now // _WIDTH_MS[0]
         return max((row[i] for age, row in enumerate(reversed(ring.rows))
                     if b_now - (ring.newest - age) < SLOTS), default=0)
+
+    def window_total(self, feature: str, now: int, window_ms: int) -> int:
+        """``feature`` over about the last ``window_ms`` (to one bucket of the finest ring that spans it)."""
+        if not self.rings:
+            return 0
+        k = next((j for j, w in enumerate(_WIDTH_MS) if w * SLOTS >= window_ms), len(_WIDTH_MS) - 1)
+        ring, width = self.rings[k], _WIDTH_MS[k]
+        i, b_now = INDEX[feature], now // width
+        need = -(-window_ms // width)  # buckets covering the window, rounded up
+        return sum(row[i] for age, row in enumerate(reversed(ring.rows))
+                   if 0 <= b_now - (ring.newest - age) < need)

@@ -24,11 +24,12 @@ OTHER_EXT = "other"
 # Rules of one family say the same thing twice; two families are independent evidence.
 FAMILY = {
     "entropy_burst": "content", "partial_encryption": "content", "copy_encrypt_delete": "content",
-    "slow_attack": "content", "mass_rename": "names", "known_extension": "names",
+    "slow_attack": "slow", "mass_rename": "names", "known_extension": "names",
     "extension_storm": "names", "ransom_note": "notes", "bulk_delete": "deletes",
     "canary_touch": "canary", "behaviour_anomaly": "anomaly", "agent_alarm": "alarm",
 }
-NOT_CORROBORATING = {"anomaly", "alarm"}
+# "slow" sums the other families' destructive changes: it corroborates nothing on its own.
+NOT_CORROBORATING = {"anomaly", "alarm", "slow"}
 ANOMALY_SIGNALS = {"anomalous_minutes"}
 
 

@@ -242,3 +242,12 @@ def test_compressing_many_old_logs_is_a_conversion_not_a_bulk_delete(policy: Pol
         events.append(ev(Activity.CREATE, i * 10, f"/var/log/old/{i}.log.gz", entropy=7.9, magic_type="gzip"))
         events.append(ev(Activity.DELETE, i * 10 + 5, f"/var/log/old/{i}.log"))
     assert alerts_of(policy, [events]) == []
+
+
+def test_observed_is_the_real_peak_beyond_the_window_cap_and_slow_corroborates_nothing(policy: Policy) -> None:
+    renames = [ev(Activity.RENAME, i * 2, f"/srv/q/{i}.txt", file_new_path=f"/srv/q/{i}.txt.wncry") for i in range(300)]
+    first, *_, last = alerts_of(policy, [renames[:20], renames[20:]])
+    # known_extension and slow_attack both fired on 20 renames: one family, so still high.
+    assert first.severity == Severity.HIGH and {"known_extension", "slow_attack"} <= rules_in([first])
+    known = next(e for e in last.evidences if e.kind == "rule" and e.name == "known_extension")
+    assert known.value == 300 and known.threshold == 25  # cap is 45; the real count is 300
