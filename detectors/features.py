@@ -42,6 +42,7 @@ class Facts:
     kind: str = ""  # LONG | CHURN | NEW | "" (reads, renames of unknown age)
     new_ext: str | None = None  # renames that change the extension: the new one ("" = none)
     why: str = ""  # the content evidence of an encrypted overwrite, for sample text
+    unusual_ext: bool = False  # a rename to an extension that is not an everyday one
 
     def add(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -176,6 +177,7 @@ def _classify_rename(ev: AccessEvent, mem: Memory, lists: Lists, s: Settings, f:
         f.kind = CHURN
     else:
         f.kind = LONG
+    f.unusual_ext = bool(new_ext) and not lists.is_common(new_ext)
     if new_ext != old_ext:
         f.new_ext = new_ext
         f.add("ext_renames")

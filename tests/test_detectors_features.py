@@ -251,3 +251,13 @@ def test_observed_is_the_real_peak_beyond_the_window_cap_and_slow_corroborates_n
     assert first.severity == Severity.HIGH and {"known_extension", "slow_attack"} <= rules_in([first])
     known = next(e for e in last.evidences if e.kind == "rule" and e.name == "known_extension")
     assert known.value == 300 and known.threshold == 25  # cap is 45; the real count is 300
+
+
+def test_saving_through_temp_files_is_not_a_mass_rename(policy: Policy) -> None:
+    # git writes each object to a temp file and renames it into place; so do editors and rsync.
+    events = []
+    for i in range(60):
+        tmp = f"/srv/repo/.git/objects/{i:02x}/tmp_obj_{i}"
+        events.append(ev(Activity.CREATE, i * 10, tmp, entropy=7.9, magic_type="zlib"))
+        events.append(ev(Activity.RENAME, i * 10 + 5, tmp, file_new_path=f"/srv/repo/.git/objects/{i:02x}/ab{i}cd"))
+    assert alerts_of(policy, [events]) == []
