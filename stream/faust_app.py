@@ -19,6 +19,7 @@ import faust
 from dwcore.detectors.baseline import Scorer
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
+from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
 from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect_user, group_by_user, prepare
@@ -64,6 +65,25 @@ class Counters:
             self._last_log = now
             log.info("worker_counters %s", kv(received=self.received, deadlettered=self.deadlettered,
                                               alerts=self.alerts, batches=self.batches))
+
+
+async def _send_acked(topic: Any, alerts: list[Alert]) -> None:
+    """Send the alerts and wait until the broker has acknowledged every one."""
+    pending = [await topic.send(key=alert.user.encode(), value=encode(alert)) for alert in alerts]
+    for fut in pending:
+        await fut
+
+
+def _commit_state(state: Any, staged: dict[str, bytes | None], user: str, partition: int,
+                  before: bytes | None) -> None:
+    value = staged.get(user)
+    if value is None or value is before:  # nothing new (e.g. every event was a replay)
+        return
+    token = _source_partition.set(partition)
+    try:
+        state[user] = value
+    finally:
+        _source_partition.reset(token)
 
 
 def build_app(
@@ -143,15 +163,16 @@ def build_app(
                 offsets_of.setdefault(ev.user_name, []).append(batch[origin].message.offset)
             for user, user_events in group_by_user(decoded.events).items():
                 partition = partition_of.get(user, 0)
-                token = _source_partition.set(partition)
-                try:
-                    alerts = detect_user(state, user, user_events, policy, offsets_of[user], scorer)
-                finally:
-                    _source_partition.reset(token)
+                # The detectors write the user's new state into a staging copy; it reaches the table
+                # (and its changelog) only after the broker acknowledged the alerts it raised. A crash
+                # in between replays the events (their offsets are not committed) and raises again.
+                before = state.get(user)
+                staged = {user: before}
+                alerts = detect_user(staged, user, user_events, policy, offsets_of[user], scorer)  # type: ignore[arg-type]
+                await _send_acked(alerts_topic, alerts)
+                counters.alerts += len(alerts)
+                _commit_state(state, staged, user, partition, before)
                 watching[user] = partition
-                for alert in alerts:
-                    counters.alerts += 1
-                    await alerts_topic.send(key=alert.user.encode(), value=encode(alert))
             counters.maybe_log()
 
     @app.timer(CLOSE_EVERY_S)
@@ -159,15 +180,14 @@ def build_app(
         # Users this worker saw events for (after a restart: from their next event on).
         now = int(time.time() * 1000)
         for user, partition in list(watching.items()):
-            token = _source_partition.set(partition)
-            try:
-                alerts, still_open = close_quiet(state, user, now, policy)
-            finally:
-                _source_partition.reset(token)
+            before = state.get(user)
+            staged = {user: before}
+            alerts, still_open = close_quiet(staged, user, now, policy)  # type: ignore[arg-type]
+            await _send_acked(alerts_topic, alerts)
+            counters.alerts += len(alerts)
+            if alerts:
+                _commit_state(state, staged, user, partition, before)
             if not still_open:
                 watching.pop(user, None)
-            for alert in alerts:
-                counters.alerts += 1
-                await alerts_topic.send(key=alert.user.encode(), value=encode(alert))
 
     return app
