@@ -155,6 +155,10 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
         "http_status": "the receiver's HTTP status",
         "latency_ms": "how long the attempt took",
         "error": "what went wrong",
+        "message_id": "the `webhook-id` (or PagerDuty `dedup_key`) sent: stable per alert version, so "
+                      "receivers drop retries",
+        "digest_size": "how many alerts a rate-limited digest carried (0: a single alert)",
+        "test": "true for `dataward alerts test` samples",
     }),
     "inventory": ("one file seen by an inventory scan", {
         "scan_id": "the scan",
