@@ -124,9 +124,11 @@ class LeanWatcher:
         self.counters["watches"] = len(self._wd_path)
         return wd
 
-    def _watch_tree(self, top: bytes, share: str, report: list[AccessEvent] | None) -> None:
+    def _watch_tree(self, top: bytes, share: str, report: list[AccessEvent] | None,
+                    pending: dict[bytes, int] | None = None) -> None:
         """Watches ``top`` and every directory below; with ``report``, adds a Create for each entry
-        found (they were created before the watch existed)."""
+        found (they were created before the watch existed). ``pending`` (paths already reported in
+        this batch) keeps an entry that the scan and the new watch both saw from being reported twice."""
         stack = [top]
         while stack:
             d = stack.pop()
@@ -137,6 +139,10 @@ class LeanWatcher:
                     for e in it:
                         is_dir = e.is_dir(follow_symlinks=False)
                         if report is not None and not self._excluded(e.path):
+                            if pending is not None:
+                                if e.path in pending:
+                                    continue
+                                pending[e.path] = len(report)
                             report.append(self._event(Activity.CREATE, e.path, None, share, is_dir))
                         if is_dir:
                             stack.append(e.path)
@@ -203,10 +209,13 @@ class LeanWatcher:
                 pending[path] = len(out)
                 out.append(self._event(Activity.UPDATE, path, None, share, False, now))
             elif mask & ino.IN_CREATE:
+                if path in pending:  # already reported by the scan of its new parent directory
+                    self.counters["coalesced"] += 1
+                    continue
                 pending[path] = len(out)
                 out.append(self._event(Activity.CREATE, path, None, share, is_dir, now))
                 if is_dir:
-                    self._watch_tree(path, share, out)
+                    self._watch_tree(path, share, out, pending)
             elif mask & ino.IN_DELETE:
                 pending.pop(path, None)
                 out.append(self._event(Activity.DELETE, path, None, share, is_dir, now))
@@ -218,7 +227,7 @@ class LeanWatcher:
                 if src is None:  # moved in from outside the watched trees
                     out.append(self._event(Activity.CREATE, path, None, share, is_dir, now))
                     if is_dir:
-                        self._watch_tree(path, share, out)
+                        self._watch_tree(path, share, out, pending)
                     continue
                 out.append(self._event(Activity.RENAME, src[0], path, share, is_dir, now))
                 if is_dir:
