@@ -132,8 +132,8 @@ def test_three_workers_lose_one_mid_attack_and_the_incident_stays_whole(
     assert len(closed) == 1, closed
     # The renames before the kill are in the incident (its first_seen above, and the count): a
     # takeover that lost the dead worker's state would start a new incident at the 21st rename.
-    # The incident folds in the window's earlier renames when it opens, so a batch boundary can
-    # leave one of them out: the count is the attack's 300 files give or take that one.
+    # One CI run counted 299 of the 300 (an off-by-one in the incident's count at some batch
+    # boundaries, open with the detection work); a lost state would be off by 20, not 1.
     assert 299 <= closed[0]["file_count"] <= 300, closed
     versions = [a["version"] for a in alerts]
     assert len(versions) == len(set(versions)), f"an alert version was emitted twice: {sorted(versions)}"
