@@ -26,8 +26,15 @@ def _lines(name: str) -> list[str]:
     return out
 
 
+def _separators(path: str) -> str:
+    # A backslash separates only in a Windows path (one without any "/"). In the POSIX paths agents
+    # send it is part of a name, and the lossless form of a non-UTF-8 name escapes bytes with it
+    # ("x.locked\\xff"): splitting there would hide the extension from every rule.
+    return path if "/" in path else path.replace("\\", "/")
+
+
 def base_name(path: str) -> str:
-    return path.replace("\\", "/").rsplit("/", 1)[-1]
+    return _separators(path).rsplit("/", 1)[-1]
 
 
 def extension(path: str) -> str:
@@ -38,7 +45,7 @@ def extension(path: str) -> str:
 
 
 def parent_dir(path: str) -> str:
-    p = path.replace("\\", "/")
+    p = _separators(path)
     cut = p.rfind("/")
     return p[:cut] if cut > 0 else "/"
 

@@ -22,7 +22,7 @@ from dwcore.detectors.policy import load_policy
 from dwcore.schemas.codec import decode_event, encodable_events, encode, repair_event
 from dwcore.schemas.ddl import EVENTS_TABLE
 from dwcore.schemas.event import Activity, make_event
-from dwcore.schemas.paths import name_bytes, names_text
+from dwcore.schemas.paths import name_bytes, name_text, names_text
 from dwcore.sinks.errors import StoreError
 from dwcore.sinks.parking import Keeper, ParkingLot
 from dwcore.sinks.store import Store
@@ -190,3 +190,14 @@ def test_publisher_is_not_wedged_by_a_raw_bytes_event(tmp_path, kafka_bootstrap,
     assert len(seen) == 50
     assert seen["mallory-1"].names_escaped
     assert name_bytes(seen["mallory-1"].file_new_path, True) == b"/srv/d/f1.csv.locked\xff"
+
+
+def test_escaped_bytes_in_a_name_do_not_hide_its_extension():
+    """The lossless form escapes a non-UTF-8 byte with a backslash; the detectors must not take
+    that backslash for a Windows separator (that hid '.locked\\xff' from every rule)."""
+    from dwcore.detectors.lists import base_name, extension, parent_dir
+
+    escaped, _ = name_text(b"/srv/data/q1.csv.locked\xff")
+    assert extension(escaped) == ".locked\\xff"
+    assert base_name(escaped) == "q1.csv.locked\\xff" and parent_dir(escaped) == "/srv/data"
+    assert extension("C:\\share\\q1.docx") == ".docx"  # a Windows path still splits on backslashes
