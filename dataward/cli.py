@@ -1,22 +1,32 @@
 """`dataward ...`: the command line. Wiring only: parse, load config, call a part, report."""
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from dataward import cli_detect, cli_fileagent, cli_schema
+from dataward import cli_backup, cli_backup_restore, cli_detect, cli_fileagent, cli_schema
 from dataward.cli_alerts import app as alerts_app
+from dataward.cli_common import (
+    BootstrapOpt,
+    ConfigOpt,
+    DataDirOpt,
+    LogOpt,
+    PolicyOpt,
+    PrefixOpt,
+    err,
+    out,
+)
+from dataward.cli_common import load_cli_config as _config
+from dataward.cli_common import load_cli_policy as _policy
+from dataward.cli_common import ready as _ready
+from dataward.cli_common import stop_on_signals as _stop_on_signals
 from dataward.cli_custody import custody_app
 from dataward.cli_report import report_app
 from dataward.cli_s3 import s3_app
-from dataward.config import Config, ConfigError, load_config
 from dataward.logs import setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="dataward: data-layer security pipeline.")
@@ -38,48 +48,10 @@ app.add_typer(cli_detect.rules_app, name="rules")
 app.command("schema")(cli_schema.schema)
 app.add_typer(cli_detect.incident_app, name="incident")
 app.add_typer(cli_detect.model_app, name="model")
-app.add_typer(__import__("dataward.cli_backup", fromlist=["app"]).app, name="backup")
+cli_backup_restore.register(cli_backup.app)
+app.add_typer(cli_backup.app, name="backup")
 app.add_typer(alerts_app, name="alerts")
 
-out = Console()
-err = Console(stderr=True)
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (or DATAWARD_CONFIG).")]
-DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="State directory (chDB store, spool).")]
-BootstrapOpt = Annotated[str | None, typer.Option("--bootstrap", help="Kafka bootstrap servers (or KAFKA_BOOTSTRAP).")]
-PrefixOpt = Annotated[str | None, typer.Option("--topic-prefix", help="Prefix for all dw.* topics.")]
-PolicyOpt = Annotated[str | None, typer.Option("--policy", help="Detection policy YAML (default: built in).")]
-LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
-
-
-def _config(config: Path | None, **overrides: Any) -> Config:
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section, _, field = key.partition("__")
-        if field:
-            nested.setdefault(section, {})[field] = value
-        else:
-            nested[key] = value
-    try:
-        return load_config(config, nested)
-    except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _policy(cfg: Config):
-    from dwcore.detectors.policy import PolicyError, load_policy
-
-    overrides = {}
-    if cfg.s3.protected_buckets:  # the backup bucket(s): the strict rule is on for them
-        overrides["s3_protected_bucket"] = {"enabled": True, "buckets": list(cfg.s3.protected_buckets)}
-    try:
-        return load_policy(cfg.policy_file or None, overrides)
-    except PolicyError as exc:
-        err.print(f"[red]policy error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 @app.callback()
@@ -88,22 +60,6 @@ def _private_by_default() -> None:
     from dataward.privacy import private_umask
 
     private_umask()
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
-
-
-def _ready(what: str) -> None:
-    # Scripts and tests wait for this exact word on stdout.
-    print(f"ready: {what}", flush=True)
 
 
 @app.command()
@@ -133,7 +89,7 @@ def run(
     stop = _stop_on_signals()
     backup = None
     if cfg.backup.bucket:
-        from dataward.cli_backup import EmbeddedBackup
+        from dataward.backup_embedded import EmbeddedBackup
 
         backup = EmbeddedBackup(cfg, [str(w) for w in watch])
     pipeline = EmbeddedPipeline(cfg, _policy(cfg), [str(w) for w in watch], on_alert=print_alert, backup=backup)

@@ -5,40 +5,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from dataward.config import Config, ConfigError, load_config
+from dataward.cli_common import ConfigOpt, err, out
+from dataward.cli_common import load_cli_config as _load
+from dataward.config import ConfigError
 from dataward.logs import setup_logging
 
 app = typer.Typer(no_args_is_help=True, help="Alert delivery: Slack, Teams, PagerDuty, signed webhooks.")
-out = Console()
-err = Console(stderr=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (or DATAWARD_CONFIG).")]
 
 # Exit codes of `alerts verify`, for scripts.
 VERIFY_OK, VERIFY_BAD_SIGNATURE, VERIFY_USAGE, VERIFY_STALE = 0, 1, 2, 3
-
-
-def _load(config: Path | None, **overrides: object) -> Config:
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section, _, field = key.partition("__")
-        if field:
-            nested.setdefault(section, {})[field] = value
-        else:
-            nested[key] = value
-    try:
-        return load_config(config, nested)
-    except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -140,7 +121,8 @@ def deliver(
     cfg = _load(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                 store__url=clickhouse_url)
     from dataward.alerting import destinations, run_alert_deliverer
-    from dataward.cli import _ready, _stop_on_signals
+    from dataward.cli_common import ready as _ready
+    from dataward.cli_common import stop_on_signals as _stop_on_signals
 
     try:
         names = ", ".join(d.name for d in destinations(cfg))

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from dataward.cli_common import ConfigOpt
+
 custody_app = typer.Typer(no_args_is_help=True, help="Tamper evidence: sealed blocks of events, chained.")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (or DATAWARD_CONFIG).")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="State directory (chDB store).")]
 EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", help="S3 endpoint (MinIO, a test server).")]
 PrefixOpt = Annotated[str, typer.Option("--anchor-prefix", "--prefix", help="Key prefix of the anchors.")]

@@ -65,7 +65,7 @@ def incident_resolve(
     """Mark an incident resolved: a new alert version with status=resolved, and who did it."""
     import msgspec
 
-    from dataward.cli import _config
+    from dataward.cli_common import load_cli_config as _config
     from dwcore.schemas.alert import Alert, IncidentAction
     from dwcore.sinks.store import Store
 
@@ -145,7 +145,8 @@ def model_train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")] = None,
 ) -> None:
     """Train per-user and per-group IsolationForest baselines from the event history."""
-    from dataward.cli import _config, _policy
+    from dataward.cli_common import load_cli_config as _config
+    from dataward.cli_common import load_cli_policy as _policy
     from dataward.model_train import train_models
 
     cfg = _config(config, data_dir=data_dir)

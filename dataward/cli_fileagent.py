@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from dataward.cli_common import ConfigOpt
+
 audit_app = typer.Typer(no_args_is_help=True, help="Check audit logs (auditd, Samba full_audit) before wiring them.")
 canary_app = typer.Typer(no_args_is_help=True, help="Decoy files: any touch is an alert.")
 err = Console(stderr=True)
@@ -22,18 +24,13 @@ def register(agent_app: typer.Typer) -> None:
 
 
 def _data_dir(data_dir: str | None, config: Path | None) -> str:
-    from dataward.config import ConfigError, load_config
+    from dataward.cli_common import load_cli_config
 
-    try:
-        return load_config(config, {"data_dir": data_dir} if data_dir else {}).data_dir
-    except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    return load_cli_config(config, data_dir=data_dir).data_dir
 
 
 ALL_KINDS = "xlsx,pdf,docx,csv,txt"
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="The agent's state directory.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (or DATAWARD_CONFIG).")]
 
 
 @canary_app.command("plant")
@@ -156,19 +153,12 @@ def inventory(
     summarise with `dataward report inventory`."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from dataward.config import ConfigError, load_config
+    from dataward.cli_common import load_cli_config
     from dwcore.agents.inventory import scan
     from dwcore.schemas.ddl import INVENTORY_COLUMNS, INVENTORY_TABLE
     from dwcore.sinks.store import Store
 
-    try:
-        overrides: dict = {"data_dir": data_dir} if data_dir else {}
-        if device:
-            overrides["agent"] = {"device": device}
-        cfg = load_config(config, overrides)
-    except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    cfg = load_cli_config(config, data_dir=data_dir, agent__device=device)
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         err.print(f"[red]not a directory:[/red] {', '.join(missing)}")

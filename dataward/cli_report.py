@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from dataward.cli_common import ConfigOpt
 from dataward.config import Config
 
 report_app = typer.Typer(no_args_is_help=True, help="Analyst reports over the forensic history (read-only).")
@@ -22,7 +24,6 @@ report_app = typer.Typer(no_args_is_help=True, help="Analyst reports over the fo
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (or DATAWARD_CONFIG).")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="State directory (chDB store).")]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table, json, jsonl, csv, tsv or vertical.")]
 SinceOpt = Annotated[str | None, typer.Option("--since", help="From: 2026-11-28, '2026-11-28 10:00', 2h, 7d (UTC).")]
@@ -62,7 +63,7 @@ def parse_time_ms(text: str | None, now_ms: int) -> int | None:
 
 
 def _cfg(config: Path | None, data_dir: str | None) -> Config:
-    from dataward.cli import _config
+    from dataward.cli_common import load_cli_config as _config
 
     return _config(config, data_dir=data_dir)
 
@@ -102,6 +103,20 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _report(fmt: str, config: Path | None, data_dir: str | None, build: Callable[[Any], Any]) -> Any:
+    """Check the format, run `build` over the store's query runner and print what it returns."""
+    _check(fmt)
+    run = _runner(_cfg(config, data_dir))
+    try:
+        report = build(run)
+    except typer.BadParameter:
+        raise
+    except Exception as exc:  # the store's own message is what helps the analyst
+        raise _fail(exc) from None
+    _show(report, fmt)
+    return report
+
+
 @report_app.command("custody")
 def custody_cmd(
     path: Annotated[str, typer.Argument(help="A path, or a prefix: everything under it.")],
@@ -115,14 +130,9 @@ def custody_cmd(
     """Chain of custody: every access to PATH (or under it), by whom, from where, in order."""
     from dwcore.sinks.reports import custody
 
-    _check(fmt)
-    cfg = _cfg(config, data_dir)
     now = _now_ms()
-    try:
-        report = custody(_runner(cfg), path, parse_time_ms(since, now), parse_time_ms(until, now), limit)
-    except Exception as exc:  # the store's own message is what helps the analyst
-        raise _fail(exc) from None
-    _show(report, fmt)
+    _report(fmt, config, data_dir,
+            lambda run: custody(run, path, parse_time_ms(since, now), parse_time_ms(until, now), limit))
 
 
 @report_app.command("who-changed")
@@ -137,14 +147,9 @@ def who_changed_cmd(
     """Who changed data under PREFIX: per user, changes, files, activities, devices, first and last."""
     from dwcore.sinks.reports import who_changed
 
-    _check(fmt)
-    cfg = _cfg(config, data_dir)
     now = _now_ms()
-    try:
-        report = who_changed(_runner(cfg), prefix, parse_time_ms(since, now), parse_time_ms(until, now))
-    except Exception as exc:
-        raise _fail(exc) from None
-    _show(report, fmt)
+    _report(fmt, config, data_dir,
+            lambda run: who_changed(run, prefix, parse_time_ms(since, now), parse_time_ms(until, now)))
 
 
 @report_app.command("timeline")
@@ -164,22 +169,17 @@ def timeline_cmd(
     """One user's activity per minute by activity, with the alerts raised about them."""
     from dwcore.sinks.reports import incident_alert, timeline
 
-    _check(fmt)
-    cfg = _cfg(config, data_dir)
-    run = _runner(cfg)
     now = _now_ms()
-    start, end = parse_time_ms(since, now), parse_time_ms(until, now)
-    try:
+
+    def build(run: Any) -> Any:
+        start, end = parse_time_ms(since, now), parse_time_ms(until, now)
         if around:
             alert = incident_alert(run, around)
             pad = parse_duration_s(window) * 1000
             start, end = int(alert["first_ms"]) - pad, int(alert["last_ms"]) + pad
-        report = timeline(run, user, start, end)
-    except typer.BadParameter:
-        raise
-    except Exception as exc:
-        raise _fail(exc) from None
-    _show(report, fmt)
+        return timeline(run, user, start, end)
+
+    report = _report(fmt, config, data_dir, build)
     if plot is not None:
         from dataward.report_plot import plot_timeline
 
@@ -206,15 +206,8 @@ def incident_cmd(
     """Blast radius: files, directories, hosts, bytes, first/last event, rules fired, files to restore."""
     from dwcore.sinks import blast_radius
 
-    _check(fmt)
-    cfg = _cfg(config, data_dir)
-    try:
-        report = blast_radius.incident(_runner(cfg), incident, parse_duration_s(before), with_events=events)
-    except typer.BadParameter:
-        raise
-    except Exception as exc:
-        raise _fail(exc) from None
-    _show(report, fmt)
+    report = _report(fmt, config, data_dir,
+                     lambda run: blast_radius.incident(run, incident, parse_duration_s(before), with_events=events))
     if restore_list is not None:
         paths = [row[0] for row in report.main.rows]
         # NUL-free by the event contract; newlines in names would break a line list, so refuse them.
@@ -236,10 +229,4 @@ def inventory_cmd(
     """The newest inventory scan: files and bytes by owner, type and age (share of bytes, average age)."""
     from dwcore.sinks.reports import inventory
 
-    _check(fmt)
-    cfg = _cfg(config, data_dir)
-    try:
-        report = inventory(_runner(cfg), root, device)
-    except Exception as exc:
-        raise _fail(exc) from None
-    _show(report, fmt)
+    _report(fmt, config, data_dir, lambda run: inventory(run, root, device))

@@ -11,6 +11,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from dataward.cli_common import ConfigOpt, LogOpt, load_cli_config, stop_on_signals
+from dataward.cli_common import ready as _ready
+
 s3_app = typer.Typer(no_args_is_help=True, help="S3 sources: access logs, CloudTrail, event notifications, "
                      "version polling.")
 err = Console(stderr=True)
@@ -37,8 +40,6 @@ TopicPrefixOpt = Annotated[str | None, typer.Option("--topic-prefix", help="Pref
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="State directory (read positions, spool).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="Agent id recorded as the event's device.")]
 IntervalOpt = Annotated[float | None, typer.Option("--interval", help="Seconds between listings.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (or DATAWARD_CONFIG).")]
-LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
 
 
 @s3_app.command("parse")
@@ -95,21 +96,10 @@ def _client(cfg, endpoint_url: str | None):
 
 
 def _setup(config: Path | None, log_level: str, **overrides: object):
-    from dataward.cli import _config
     from dataward.logs import setup_logging
 
     setup_logging(log_level)
-    return _config(config, **overrides)
-
-
-def _ready(what: str) -> None:
-    print(f"ready: {what}", flush=True)
-
-
-def _stop():
-    from dataward.cli import _stop_on_signals
-
-    return _stop_on_signals()
+    return load_cli_config(config, **overrides)
 
 
 @s3_app.command("logs")
@@ -135,7 +125,7 @@ def logs(
                  agent__device=device)
     from dwcore.agents.s3_agent import run_log_follower
 
-    stop = _stop()
+    stop = stop_on_signals()
     run_log_follower(_output(cfg, f"s3-{fmt.value}"), _client(cfg, endpoint_url), bucket, prefix, fmt.value,
                      cfg.data_dir, cfg.device, stop, lambda: _ready(f"following s3://{bucket}/{prefix}"),
                      interval_s=interval or cfg.s3.poll_interval_s, start_after=start_after)
@@ -159,7 +149,7 @@ def poll(
                  agent__device=device)
     from dwcore.agents.s3_agent import run_version_poller
 
-    stop = _stop()
+    stop = stop_on_signals()
     run_version_poller(_output(cfg, "s3-versions"), _client(cfg, endpoint_url), bucket, prefix, cfg.data_dir,
                        cfg.device, stop, lambda: _ready(f"polling versions of s3://{bucket}/{prefix}"),
                        interval_s=interval or cfg.s3.poll_interval_s)
@@ -190,7 +180,7 @@ def notifications(
     from dwcore.agents.kafka_admin import ensure_topics
 
     ensure_topics(cfg.kafka.client_config(), [name], cfg.kafka.partitions)  # so the consumer is assigned at once
-    stop = _stop()
+    stop = stop_on_signals()
     consumer = {**cfg.kafka.client_config(), "group.id": cfg.s3.notification_group}
     run_notification_consumer(_output(cfg, "s3-notifications"), consumer, name, cfg.device, stop,
                               lambda: _ready(f"consuming notifications from {name}"), bucket=bucket, prefix=prefix)

@@ -32,9 +32,10 @@ from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
+from dwcore.sinks.consumer_config import consumer_config
 from dwcore.sinks.custody import Sealer
 from dwcore.sinks.jsonl import AlertJsonlWriter
-from dwcore.sinks.kafka_sink import ClickHouseSink, SinkCounters, consumer_config, run_sink_loop
+from dwcore.sinks.kafka_sink import ClickHouseSink, SinkCounters, run_sink_loop
 from dwcore.sinks.query_auth import ensure_token
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import open_when_available

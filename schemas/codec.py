@@ -5,7 +5,8 @@ message says what was wrong and where (msgspec gives the JSON path), for the dea
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import msgspec
 
@@ -16,10 +17,6 @@ from dwcore.schemas.event import AccessEvent
 from dwcore.schemas.paths import clean_text, names_text
 
 _encoder = msgspec.json.Encoder()
-_event_decoder = msgspec.json.Decoder(AccessEvent)
-_alert_decoder = msgspec.json.Decoder(Alert)
-_deadletter_decoder = msgspec.json.Decoder(DeadLetter)
-_delivery_decoder = msgspec.json.Decoder(Delivery)
 
 
 class DecodeError(ValueError):
@@ -34,6 +31,8 @@ def encode_many(objs: Iterable[msgspec.Struct]) -> list[bytes]:
     enc = _encoder.encode
     return [enc(o) for o in objs]
 
+
+T = TypeVar("T", bound=msgspec.Struct)
 
 _NAME_FIELDS = ("file_path", "file_new_path", "share")
 
@@ -86,29 +85,20 @@ def encodable_events(events: list[AccessEvent]) -> list[AccessEvent]:
         return [repair_event(ev) for ev in events]
 
 
-def decode_event(raw: bytes) -> AccessEvent:
-    try:
-        return _event_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-        raise DecodeError(f"invalid event: {exc}") from None
+def _checked_decoder(kind: type[T], what: str) -> Callable[[bytes], T]:
+    """A decoder of one Struct type whose every failure is a DecodeError naming `what` and the reason."""
+    decoder = msgspec.json.Decoder(kind)
+
+    def decode(raw: bytes) -> T:
+        try:
+            return decoder.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            raise DecodeError(f"invalid {what}: {exc}") from None
+
+    return decode
 
 
-def decode_alert(raw: bytes) -> Alert:
-    try:
-        return _alert_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-        raise DecodeError(f"invalid alert: {exc}") from None
-
-
-def decode_deadletter(raw: bytes) -> DeadLetter:
-    try:
-        return _deadletter_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-        raise DecodeError(f"invalid dead letter: {exc}") from None
-
-
-def decode_delivery(raw: bytes) -> Delivery:
-    try:
-        return _delivery_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-        raise DecodeError(f"invalid delivery: {exc}") from None
+decode_event = _checked_decoder(AccessEvent, "event")
+decode_alert = _checked_decoder(Alert, "alert")
+decode_deadletter = _checked_decoder(DeadLetter, "dead letter")
+decode_delivery = _checked_decoder(Delivery, "delivery")

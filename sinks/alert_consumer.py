@@ -10,29 +10,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import DecodeError, decode_alert
 from dwcore.sinks.alert_router import AlertRouter
+from dwcore.sinks.consumer_config import consumer_config
 
 log = logging.getLogger(__name__)
 
 CONSUME_BATCH = 500
 CONSUME_TIMEOUT_S = 0.2
-
-
-def consumer_settings(client: Mapping[str, str], group_id: str) -> dict[str, Any]:
-    return {
-        **client,
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-    }
 
 
 def run_alert_consumer(
@@ -44,7 +33,7 @@ def run_alert_consumer(
     ready: Callable[[], None] | None = None,
 ) -> int:
     """Run until ``stop``; returns how many alerts were queued."""
-    consumer = Consumer(consumer_settings(client, group_id))
+    consumer = Consumer(consumer_config(client, group_id))
     announced = threading.Event()
 
     def announce(*_args: object) -> None:

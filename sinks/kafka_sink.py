@@ -362,18 +362,6 @@ def _without_positions(insert: Callable[..., int]) -> Callable[..., int]:
     return call
 
 
-def consumer_config(client_config: Mapping[str, str], group_id: str) -> dict[str, Any]:
-    """librdkafka consumer settings: manual, synchronous commits after the insert."""
-    return {
-        **client_config,
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-    }
-
-
 def run_sink_loop(
     sink: ClickHouseSink, consumer: Consumer, stop: threading.Event, on_first_poll: Callable[[], None]
 ) -> SinkCounters:

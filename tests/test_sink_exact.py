@@ -17,9 +17,10 @@ from dwcore.schemas.codec import encode
 from dwcore.schemas.event import Activity, make_event
 from dwcore.sinks import query_client
 from dwcore.sinks.anchor import check_anchors
+from dwcore.sinks.consumer_config import consumer_config
 from dwcore.sinks.custody import Sealer, verify
 from dwcore.sinks.errors import StoreUnavailable
-from dwcore.sinks.kafka_sink import ClickHouseSink, consumer_config, run_sink_loop
+from dwcore.sinks.kafka_sink import ClickHouseSink, run_sink_loop
 from dwcore.sinks.store import Store
 from dwcore.sinks.store_writer import StoreWriter
 from tests.procs import run_cli, wait_for
