@@ -20,9 +20,9 @@ run: install
 	mkdir -p $(WATCH)
 	$(BIN)/dataward run --watch $(WATCH) --data-dir $(STATE) --alerts-jsonl $(STATE)/alerts.jsonl
 
-## A harmless simulated ransomware rename burst in $(WATCH) (run it while `make run` is running).
+## A harmless drill in $(WATCH) while `make run` runs: a rename burst, its alert awaited, then removed.
 attack: install
-	$(BIN)/dataward simulate rename $(WATCH) --files 300
+	$(BIN)/dataward simulate rename $(WATCH) --files 300 --data-dir $(STATE)
 
 ## The whole test suite, against a real Kafka broker (started by the tests via scripts/kafka).
 test: install

@@ -32,12 +32,11 @@ from dataward.logs import setup_logging
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="dataward: data-layer security pipeline.")
 agent_app = typer.Typer(no_args_is_help=True, help="Collectors that run on file servers and beside buckets.")
 sink_app = typer.Typer(no_args_is_help=True, help="Sinks that consume Kafka topics (distributed mode).")
-simulate_app = typer.Typer(no_args_is_help=True, help="Harmless simulated attacks (self-test).")
 topics_app = typer.Typer(no_args_is_help=True, help="Kafka topics.")
 policy_app = typer.Typer(no_args_is_help=True, help="Detection policy.")
 app.add_typer(agent_app, name="agent")
 app.add_typer(sink_app, name="sink")
-app.add_typer(simulate_app, name="simulate")
+app.add_typer(__import__("dataward.cli_simulate", fromlist=["app"]).app, name="simulate")
 app.add_typer(topics_app, name="topics")
 app.add_typer(policy_app, name="policy")
 app.add_typer(report_app, name="report")
@@ -241,34 +240,6 @@ def query(
     from dwcore.sinks.reports import Table as ReportTable
 
     show_table(out, sys.stdout, ReportTable("query", result.columns, result.rows), fmt)
-
-
-@simulate_app.command("rename")
-def simulate_rename_cmd(
-    directory: Annotated[Path, typer.Argument(help="A watched directory.")],
-    files: Annotated[int, typer.Option("--files", "-n")] = 300,
-    extension: Annotated[str, typer.Option("--ext")] = ".locked",
-) -> None:
-    """Create N files in DIR/dataward-selftest and rename each to *.locked (mass-rename self-test)."""
-    from dataward.simulate import simulate_rename
-
-    n = simulate_rename(directory, files, extension)
-    out.print(f"renamed {n} files under {directory / 'dataward-selftest'}")
-
-
-@simulate_app.command("delete")
-def simulate_delete_cmd(
-    directory: Annotated[Path, typer.Argument(help="A watched directory.")],
-    files: Annotated[int, typer.Option("--files", "-n")] = 300,
-    prepare: Annotated[bool, typer.Option("--prepare", help="Only create the victim files (run this first; "
-                                          "deleting files just created is churn, not an attack).")] = False,
-) -> None:
-    """Delete the files `--prepare` created in DIR/dataward-selftest (bulk-delete self-test)."""
-    from dataward.simulate import simulate_delete
-
-    n = simulate_delete(directory, files, prepare=prepare)
-    verb = "prepared" if prepare else "deleted"
-    out.print(f"{verb} {n} files under {directory / 'dataward-selftest'}")
 
 
 @policy_app.command("check")

@@ -22,6 +22,9 @@ def alert_text(alert: Alert) -> Text:
     an attacker chose: they go in through ``inert`` as plain text, never as markup."""
     style = _STYLE.get(alert.severity, "bold")
     text = Text()
+    if alert.drill:  # a self-test: shown so the admin sees it work, never paged
+        text.append(" DRILL ", style="bold black on cyan")
+        text.append(" ")
     text.append(f" {inert(alert.severity.upper())} ", style=style)
     text.append(" " + inert(alert.title) + "\n")
     text.append(

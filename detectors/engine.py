@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from dwcore.detectors import burst, explain, incident
+from dwcore.detectors import burst, drill, explain, incident
 from dwcore.detectors.baseline import Scorer
 from dwcore.detectors.features import Facts, classify
 from dwcore.detectors.lists import load_lists
@@ -181,12 +181,14 @@ def evaluate(
 def _apply_rules(run: _Run, ev: AccessEvent, facts: Facts, groups: tuple[str, ...]) -> None:
     st, t = run.st, ev.time
     hits: dict[str, list[tuple[RuleSpec, RulePolicy, Counter, int, int]]] = {}
+    drill_run = drill.event_drill(ev)
     for spec, base in run.comp.active:
         if base.buckets and ev.share not in base.buckets:
             continue  # a rule scoped to some buckets (e.g. the protected ones)
         key = spec.key(ev, facts)
         if key is None:
             continue
+        key = drill.drill_key(key, drill_run)  # a drill counts and alerts apart, per run
         variant = _variant(base, ev, run.policy, groups)
         if variant is None:
             continue
@@ -214,6 +216,7 @@ def _apply_rules(run: _Run, ev: AccessEvent, facts: Facts, groups: tuple[str, ..
             spec, rule, c, n, end = crossing[0]
             first = burst.first_in_window(c, end, rule)
             inc = st.incidents[key] = incident.open_incident(run.user, key, first, t)
+            inc.drill = drill.is_drill_key(key)
             seen: set[tuple[int, str]] = set()
             for _, h_rule, h_c, _, _ in matched:
                 for item in h_c.pending:

@@ -160,6 +160,7 @@ def build_alert(
         version=inc.version,
         last_seen=inc.last_seen,
         status=status,
+        drill=inc.drill,
         evidences=evidences,
         anomaly_analyses=list(anomalies),
     )

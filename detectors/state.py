@@ -79,6 +79,7 @@ class Incident(msgspec.Struct, array_like=True):
     note: str = ""
     peak_rate: float = 0.0  # fastest 10 s of the incident, events per second
     closed: bool = False
+    drill: bool = False  # opened by a drill's events only (see detectors/drill.py): never paged
 
 
 class UserState(msgspec.Struct, array_like=True):

@@ -78,8 +78,9 @@ def test_first_ten_minutes_alert_and_analyst_commands(tmp_path, dataward_proc):
     run = dataward_proc("run", "--watch", str(watched), "--data-dir", str(state), "--alerts-jsonl", str(jsonl))
     run.wait_ready(60)
     # what `make attack` runs
-    attack = run_cli("simulate", "rename", str(watched), "--files", "300", timeout=120)
+    attack = run_cli("simulate", "rename", str(watched), "--files", "300", "--data-dir", str(state), timeout=120)
     assert attack.returncode == 0, attack.stderr
+    assert "drill detected: critical" in attack.stdout and list(watched.iterdir()) == []  # nothing left
     me = pwd.getpwuid(os.getuid()).pw_name  # the owner of the files the self-test created
 
     def first_alert():
@@ -88,6 +89,7 @@ def test_first_ten_minutes_alert_and_analyst_commands(tmp_path, dataward_proc):
     alert = wait_for(first_alert, 20, what="the mass_rename alert")
     assert (alert["severity"], alert["user"]) == ("critical", me)
     assert {a["uid"] for a in _alerts(jsonl)} == {alert["uid"]}  # one incident, in versions
+    assert all(a["drill"] for a in _alerts(jsonl))  # tagged: shown and stored, never paged
     assert 100 <= alert["file_count"] <= 300 and alert["title"].startswith(f"Mass rename by {me}: ")
     assert f"CRITICAL  Mass rename by {me}: " in run.stderr()  # on screen too
 

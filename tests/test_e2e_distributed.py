@@ -107,6 +107,15 @@ def test_distributed_attack_alert_in_clickhouse_and_no_event_missing(
     assert {r["file_new_path"] for r in renamed} == {
         str(watched / "dataward-selftest" / f"sample-{i:05d}.csv.locked") for i in range(300)
     }
+    # The drill on the same cluster, while the attack's incident is still open: its own alert,
+    # read back from the sink's store, tagged as a drill; nothing of it is left in the share.
+    drill = run_cli("simulate", "rename", str(watched), "--data-dir", str(sink_dir), "--files", "60",
+                    "--timeout", "60", timeout=120)
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert "drill detected: critical" in drill.stdout
+    assert not list(watched.glob(".dataward-drill-*"))
+    drills = _query(sink_dir, "SELECT DISTINCT uid FROM alerts WHERE drill")
+    assert len(drills) == 1 and drills[0]["uid"] in drill.stdout
     for proc in (agent, worker, sink):
         assert proc.stop() == 0
 
