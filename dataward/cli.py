@@ -51,6 +51,7 @@ cli_backup_restore.register(cli_backup.app)
 app.add_typer(cli_backup.app, name="backup")
 app.add_typer(alerts_app, name="alerts")
 app.command("status")(__import__("dataward.cli_status", fromlist=["status"]).status)
+app.command("selftest")(__import__("dataward.cli_selftest", fromlist=["selftest"]).selftest)
 
 
 
