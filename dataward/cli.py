@@ -54,7 +54,6 @@ app.command("status")(__import__("dataward.cli_status", fromlist=["status"]).sta
 app.command("selftest")(__import__("dataward.cli_selftest", fromlist=["selftest"]).selftest)
 
 
-
 @app.callback()
 def _private_by_default() -> None:
     # Every file a dataward command creates (stores, spools, alerts, tokens) is owner-only.

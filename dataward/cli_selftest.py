@@ -41,7 +41,7 @@ def selftest(
     if not directory.is_dir():
         err.print(Text(f"not a directory: {inert(directory)}", style="red"))
         raise typer.Exit(2)
-    from dataward.cli import _config
+    from dataward.cli_common import load_cli_config as _config
     from dataward.selftest import failure_alert, raise_failure, run_selftest, store_result
 
     cfg = _config(config, data_dir=data_dir)

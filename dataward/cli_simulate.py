@@ -31,9 +31,9 @@ ExitNoAlert, ExitUsage = 1, 2
 
 
 def _config(config: Path | None, **overrides: Any):
-    from dataward.cli import _config as load
+    from dataward.cli_common import load_cli_config
 
-    return load(config, **overrides)
+    return load_cli_config(config, **overrides)
 
 
 def _store(cfg):

@@ -109,7 +109,7 @@ def status(
     setup_logging("warning")
     if fmt not in ("table", "json"):
         raise typer.BadParameter(f"unknown format {fmt!r}: use table or json")
-    from dataward.cli import _config
+    from dataward.cli_common import load_cli_config as _config
 
     cfg = _config(config, data_dir=data_dir)
     from dwcore.sinks.errors import StoreError
