@@ -25,7 +25,7 @@ from tests.procs import run_cli
 
 EVIL_HOST = "fs\x1b[2J\x1b]8;;http://evil\x07[link=http://evil]x[/link]"
 EVIL_USER = "mal\u202elory[bold]"
-NOW = int(time.time() * 1000)
+NOW = 0  # set when the rows are written, so their ages are as meant whenever the test runs
 
 
 def _alert(uid: str, version: int, status: str = "open", drill: bool = False, user: str = "alice",
@@ -44,13 +44,15 @@ def _delivery(uid: str, status: str, attempt: int = 1) -> Delivery:
 
 @pytest.fixture
 def state(tmp_path):
+    global NOW
+    NOW = int(time.time() * 1000)
     with Store.open(f"chdb://{tmp_path / 'chdb'}") as store:
         w = store.writer
         w.ensure_schema()
         w.insert(HEARTBEATS_TABLE, HEARTBEAT_COLUMNS, [
             Heartbeat(time=NOW - 120_000, device=EVIL_HOST, agent="file", version="0.1", events_seen=10,
                       spool_depth=0),
-            Heartbeat(time=NOW - 5_000, device=EVIL_HOST, agent="file", version="0.1", events_seen=99,
+            Heartbeat(time=NOW - 1_000, device=EVIL_HOST, agent="file", version="0.1", events_seen=99,
                       spool_depth=1234, lag_ms=8_000, status="kafka_unreachable"),
             Heartbeat(time=NOW - 3_600_000, device="fs-old", agent="s3", version="0.1", events_seen=5,
                       spool_depth=0),
