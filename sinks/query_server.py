@@ -2,8 +2,8 @@
 
 Only one process may open a chDB directory, so ``dataward query``, curl and clickhouse-connect
 reach the data through this endpoint while the owner runs. It speaks the part of the HTTP
-interface those clients use: the query in ``query=`` and/or the POST body, ``default_format`` or a
-trailing ``FORMAT X``, ``param_<name>`` for ``{name:Type}`` placeholders, ``/ping``.
+interface those clients use: the query in ``query=`` and/or the POST body (never over GET: 405),
+``default_format`` or a trailing ``FORMAT X``, ``param_<name>`` for ``{name:Type}``, ``/ping``.
 
 The owner may run as root and the data is forensic, so every request must:
 - name a loopback Host (a web page cannot reach it through DNS rebinding) and no foreign Origin;
@@ -299,6 +299,9 @@ class QueryServer:
             return self._plain(200, b"Ok.\n", None)
         if req.path not in ("/", ""):
             return self._plain(404, b"There is no handle " + req.path.encode()[:200] + b"\n", None)
+        sql = "\n".join(p for p in (req.params.get("query", ""), req.body.decode("utf-8", "replace")) if p.strip())
+        if req.method != "POST":  # before the credentials: a GET query is never tried
+            return self._plain(200, b"Ok.\n", None) if not sql.strip() else self._get_refused(req)
         if not authorised(req.headers, req.params, self._token):
             self.counters["unauthorised"] += 1
             log.warning("query_refused %s", kv(reason="bad_credentials"))
@@ -307,12 +310,17 @@ class QueryServer:
                             "<data-dir>/query.token. (AUTHENTICATION_FAILED)"), 516)
             headers.append(("WWW-Authenticate", 'Basic realm="dataward"'))
             return status, headers, body
-        sql = "\n".join(p for p in (req.params.get("query", ""), req.body.decode("utf-8", "replace")) if p.strip())
         if not sql.strip():
-            if req.method == "GET":
-                return self._plain(200, b"Ok.\n", None)  # a bare GET / answers like the server
             return self._plain(400, _error(62, "Empty query. (SYNTAX_ERROR)"), 62)
         return await self._query(req, sql, conn)
+
+    def _get_refused(self, req: Request) -> tuple[int, list[tuple[str, str]], bytes]:
+        # A link, an <img> or a prefetch sends GET: queries are POST only (as clickhouse-connect sends them).
+        self.counters["refused"] += 1
+        log.warning("query_refused %s", kv(reason="query_over_get", method=req.method))
+        text = (f"dataward: queries are accepted over POST only, not {req.method}: send the SQL as the body (curl "
+                "--data-binary) or POST with query= in the URL; GET answers only /ping and a bare /. (ACCESS_DENIED)")
+        return 405, [*self._headers(None, code=497), ("Allow", "POST")], _error(497, text)
 
     async def _query(self, req: Request, sql: str, conn: Connection) -> tuple[int, list[tuple[str, str]], bytes]:
         default_fmt = req.params.get("default_format") or "TabSeparated"

@@ -67,7 +67,8 @@ def test_curl_with_the_token(endpoint):
         capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert [json.loads(line)["n"] for line in out.stdout.splitlines()] == [4]
-    denied = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{server.url}/?query=SELECT+1"],
+    denied = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{server.url}/?query=SELECT+1",
+                             "--data-binary", ""],
                             capture_output=True, text=True, timeout=30)
     assert denied.stdout in ("401", "403")
 

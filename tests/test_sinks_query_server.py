@@ -33,7 +33,9 @@ def served(tmp_path):
 
 
 def get(url: str, **params: str) -> bytes:
-    with urllib.request.urlopen(urllib.request.Request(f"{url}/?{urlencode(params)}", headers=AUTH)) as resp:
+    """The query in the URL, POSTed with an empty body (a query over GET is refused)."""
+    req = urllib.request.Request(f"{url}/?{urlencode(params)}", data=b"", headers=AUTH)
+    with urllib.request.urlopen(req) as resp:
         return resp.read()
 
 
