@@ -7,6 +7,7 @@ under one lock, because canary reads arrive from their own thread.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING
 
 from dataward.config import Config
 from dwcore.agents.content import ContentSampler
+from dwcore.agents.lean_watcher import LeanWatcher
 from dwcore.agents.pipeline import Batch, ContentStage, Stage, chain
+from dwcore.agents.watcher import FileWatcher
 from dwcore.detectors.policy import Policy
 from dwcore.schemas.alert import Alert
 
@@ -127,6 +130,15 @@ class AgentStages:
                 close()
             except Exception:
                 log.exception("agent_stage_close_failed")
+
+
+def watcher_class(backend: str) -> type[FileWatcher] | type[LeanWatcher]:
+    """capture.backend: the lean inotify reader on Linux (auto), else watchdog."""
+    if backend not in ("auto", "inotify", "watchdog"):
+        raise ValueError(f"capture.backend must be auto, inotify or watchdog, not {backend!r}")
+    if backend == "inotify" or (backend == "auto" and sys.platform.startswith("linux")):
+        return LeanWatcher
+    return FileWatcher
 
 
 def build_stages(config: Config) -> list[Stage]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,16 +15,15 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from dataward import __version__
-from dataward.agent_pipeline import AgentStages
+from dataward.agent_pipeline import AgentStages, watcher_class
 from dataward.config import Config
 from dataward.datadir import DataDirLock
 from dwcore.agents.heartbeat import Heartbeater
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.kafka_admin import Durability, choose_durability, ensure_topics
-from dwcore.agents.lean_watcher import LeanWatcher
 from dwcore.agents.publisher import KafkaPublisher
 from dwcore.agents.reconcile import BlindGuard, Reconciler
-from dwcore.agents.watcher import FileWatcher, agent_user
+from dwcore.agents.watcher import agent_user
 from dwcore.backoff import Backoff
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
@@ -61,12 +59,7 @@ def ensure_all_topics(config: Config) -> Durability:
     return durability
 
 
-def _watcher(backend: str) -> type[FileWatcher] | type[LeanWatcher]:
-    if backend not in ("auto", "inotify", "watchdog"):
-        raise ValueError(f"capture.backend must be auto, inotify or watchdog, not {backend!r}")
-    if backend == "inotify" or (backend == "auto" and sys.platform.startswith("linux")):
-        return LeanWatcher
-    return FileWatcher
+_watcher = watcher_class
 
 
 def _also(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:

@@ -13,19 +13,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from dataward.agent_pipeline import build_stages
+from dataward.agent_pipeline import build_stages, watcher_class
 from dataward.alerting import build_router
 from dataward.config import Config
 from dataward.datadir import DataDirLock
 from dataward.model_train import load_models
 from dataward.privacy import make_private
 from dwcore.agents.inotify_limits import ensure_queue_size
+from dwcore.agents.lean_watcher import LeanWatcher
 from dwcore.agents.pipeline import chain
-from dwcore.agents.watcher import FileWatcher
+from dwcore.agents.reconcile import BlindGuard, Reconciler
+from dwcore.agents.watcher import FileWatcher, agent_user
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
-from dwcore.schemas.codec import encodable_events
 from dwcore.schemas.ddl import ALERTS_TABLE, DELIVERIES_TABLE, EVENTS_TABLE
 from dwcore.schemas.delivery import Delivery
 from dwcore.schemas.event import AccessEvent
@@ -37,8 +38,8 @@ from dwcore.sinks.jsonl import AlertJsonlWriter
 from dwcore.sinks.parking import Keeper, ParkingLot
 from dwcore.sinks.query_auth import ensure_token
 from dwcore.sinks.query_server import QueryServer
-from dwcore.sinks.replay import EmbeddedStream
 from dwcore.sinks.store import Store
+from dwcore.sinks.wal import EventWal, Logged, WalStream, stored_max
 from dwcore.stream.bus import BatchBus
 from dwcore.stream.processing import close_quiet, detect_user, group_by_user, prepare
 
@@ -72,7 +73,7 @@ class EmbeddedPipeline:
         self.watch = [str(Path(w).resolve()) for w in watch]
         self.on_alert = on_alert
         self.backup = backup
-        self.bus: BatchBus[AccessEvent] = BatchBus()
+        self.bus: BatchBus[Logged] = BatchBus()  # events with their write-ahead log numbers
         self.state: dict[str, bytes] = {}
         # Trained baselines, if `dataward model train` has made any (else the online EWMA).
         self.scorer = load_models(config.models_dir, policy)
@@ -83,7 +84,10 @@ class EmbeddedPipeline:
         self._store: Store | None = None
         self._lock: DataDirLock | None = None
         self._keeper: Keeper | None = None
-        self._batcher: Batcher[AccessEvent] | None = None
+        self._batcher: Batcher[Logged] | None = None
+        self._wal: EventWal | None = None
+        self._publish_lock = threading.Lock()  # log order = bus order = store order (custody seals ranges)
+        self._guard: BlindGuard | None = None
         self._sealer: Sealer | None = None
         self._deliveries: Batcher[Delivery] | None = None
         self._router: AlertRouter | None = None
@@ -93,7 +97,7 @@ class EmbeddedPipeline:
         self._jsonl: AlertJsonlWriter | None = None
         self._unwritten: list[Alert] = []  # alerts whose JSONL line failed; retried every batch
         self._server: QueryServer | None = None
-        self._watcher: FileWatcher | None = None
+        self._watcher: FileWatcher | LeanWatcher | None = None
         self._thread: threading.Thread | None = None
         self._stopped = False
 
@@ -111,11 +115,13 @@ class EmbeddedPipeline:
         self._keeper.start()
         keeper = self._keeper
         self._sealer = Sealer(store.writer, self.config.store.seal_interval_s)
+        # Durable before anything acts on them; acknowledged once stored (kill -9 loses nothing).
+        self._wal = EventWal(Path(self.config.data_dir) / "wal", stored_max(store.writer.rows) + 1)
         self._batcher = Batcher(
-            EmbeddedStream(store.writer, self._sealer),
+            WalStream(store.writer, self._wal, self._sealer),
             batch_rows=self.config.store.batch_rows,
             flush_interval_s=self.config.store.flush_interval_s,
-            on_permanent=lambda batch, exc: keeper.failed(EVENTS_TABLE, batch, exc),
+            on_permanent=self._events_failed,
             name="events",
         )
         self._batcher.start()
@@ -139,10 +145,27 @@ class EmbeddedPipeline:
         self._server.write_addr_file(self.config.query_addr_file)
         self._thread = threading.Thread(target=self._process_loop, name="dataward-process", daemon=True)
         self._thread.start()
+        for chunk in self._wal.replay(store.writer.rows):  # what the last run logged but never stored
+            self.bus.publish(chunk)
         if self.config.agent.tune_inotify:
             ensure_queue_size()  # a fast writer must not overflow the kernel queue unnoticed
-        self._watcher = FileWatcher(self.watch, self.config.device, chain(build_stages(self.config), self.bus.publish))
+        own = [str(Path(self.config.data_dir).resolve())]  # the log and store must not feed back
+        cap = self.config.capture
+        emit = chain(build_stages(self.config), self.publish)
+        self._watcher = watcher_class(cap.backend)(self.watch, self.config.device, emit, exclude=own)
+        self._guard = BlindGuard(Reconciler(self.watch, Path(self.config.data_dir) / "state", self.config.device,
+                                            emit, agent_user=agent_user(), exclude=own))
+        if cap.rescan_on_overflow:
+            watcher_overflow = self._watcher.on_queue_overflow
+            guard = self._guard
+
+            def overflow() -> None:
+                watcher_overflow()
+                guard.overflow()
+
+            self._watcher.on_queue_overflow = overflow  # type: ignore[method-assign]
         self._watcher.start()
+        self._guard.start(cap.rescan_at_start)  # after the watches exist: nothing falls in between
         log.info("embedded_started %s",
                  kv(watch=",".join(self.watch), data_dir=self.config.data_dir, query=self.query_url))
 
@@ -191,15 +214,25 @@ class EmbeddedPipeline:
                 continue
             self._router.publish(alerts)
 
+    def publish(self, events: list[AccessEvent]) -> None:
+        """Hand events on: logged durably first (one fsync per batch), then onto the bus."""
+        assert self._wal is not None
+        with self._publish_lock:
+            self.bus.publish(self._wal.append(events))
+
+    def _events_failed(self, batch: list[Logged], exc: BaseException) -> None:
+        assert self._keeper is not None and self._wal is not None
+        self._keeper.failed(EVENTS_TABLE, [e for _, e in batch], exc)  # parked or dead-lettered: durable
+        self._wal.ack(s for s, _ in batch)
+
     def subscribe(self, callback: Callable[[Alert], object]) -> None:
         """Call ``callback(alert)`` for every alert, after it is durable in the outbox."""
         self.alert_callbacks.append(callback)
 
-    def _process(self, events: list[AccessEvent]) -> None:
+    def _process(self, logged: list[Logged]) -> None:
         assert self._batcher is not None and self._store is not None
-        # Raw bytes in a name (a source that skipped the text form) must not break an encoder
-        # for the whole batch: such events are repaired to the lossless escaped form first.
-        events = encodable_events(events)
+        # Raw bytes in a name were repaired to the lossless escaped form when they were logged.
+        events = [e for _, e in logged]
         self._retry_jsonl()
         # Alerts first: they are what a human is waiting for; the event history follows within
         # the flush interval. Each user apart: one user's trouble never costs another's alert.
@@ -209,7 +242,7 @@ class EmbeddedPipeline:
             self._router.publish(self._detect_user(user, user_events))
         if self.backup:  # after detection: a batch that raised an alert has already halted the backup
             self.backup.on_events(events)
-        self._batcher.add_many(events)
+        self._batcher.add_many(logged)
         self.events_processed += len(events)
 
     def _detect_user(self, user: str, events: list[AccessEvent]) -> list[Alert]:
@@ -272,8 +305,12 @@ class EmbeddedPipeline:
             return
         self._stopped = True
         # Order matters: no new events, then drain what is in flight, then flush, then close.
+        if self._guard:
+            self._guard.stop(snapshot=False)
         if self._watcher:
             self._watcher.stop()
+        if self._guard and self.config.capture.snapshot_at_stop:
+            self._guard.reconciler.snapshot_all()
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=60)
@@ -283,8 +320,9 @@ class EmbeddedPipeline:
             attempts = self._deliveries.take_pending()
             self._keeper.failed(DELIVERIES_TABLE, attempts, StoreUnavailable("store unavailable at shutdown"))
         if self._batcher and not self._batcher.close() and self._keeper:
-            left = self._batcher.take_pending()
-            self._keeper.failed(EVENTS_TABLE, left, StoreUnavailable("store unavailable at shutdown"))
+            self._events_failed(self._batcher.take_pending(), StoreUnavailable("store unavailable at shutdown"))
+        if self._wal:
+            self._wal.close()
         self._seal(force=True)
         if self._keeper:
             self._keeper.stop()

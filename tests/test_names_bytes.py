@@ -138,7 +138,7 @@ def test_300_renames_to_non_utf8_names_raise_the_critical_alert(pipeline):
 def test_one_raw_bytes_event_costs_no_other_user_its_alert_or_history(pipeline):
     p, _, alerts, _ = pipeline
     batch = [poison(0)] + [rename(i, "alice", "/srv/d/f{i}.csv.locked") for i in range(300)]
-    p.bus.publish(batch)
+    p.publish(batch)
     wait_for(lambda: any(a.user == "alice" and a.severity == "critical" for a in alerts), 30,
              what="alice's critical alert")
     wait_for(lambda: _stored(p, "SELECT count() FROM events WHERE user_name = 'alice'") == [[300]], 30,
@@ -147,7 +147,7 @@ def test_one_raw_bytes_event_costs_no_other_user_its_alert_or_history(pipeline):
              == [[1]], 30, interval=0.2, what="the raw-bytes event itself, repaired")
     # alice's state says alerted, and the alert did go out: a second burst escalates nothing new,
     # but a fresh user still alerts (detection is alive for everyone)
-    p.bus.publish([rename(i, "bob", "/srv/e/f{i}.csv.locked") for i in range(300)])
+    p.publish([rename(i, "bob", "/srv/e/f{i}.csv.locked") for i in range(300)])
     wait_for(lambda: any(a.user == "bob" for a in alerts), 30, what="bob's alert")
 
 

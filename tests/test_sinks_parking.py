@@ -111,7 +111,7 @@ def test_embedded_parks_what_the_store_did_not_take_and_replays_it_on_next_start
         raise StoreUnavailable("store went away")
 
     first._batcher._sink = store_down  # the store stops answering for this run
-    first.bus.publish([ev(i) for i in range(20)])
+    first.publish([ev(i) for i in range(20)])
     assert down.wait(10)
     first._batcher.close = lambda timeout_s=None: False  # do not wait out the retries in a test
     first.stop()

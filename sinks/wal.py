@@ -1,0 +1,150 @@
+"""The embedded mode's write-ahead log: an event is on disk before anything acts on it.
+
+``dataward run`` holds events in memory between the watcher and the store (the bus, detection,
+the batcher's second of buffering); a ``kill -9`` used to lose all of them. Now each batch the
+watcher hands on is appended to the agent's spool format (``agents.spool``: one write and one
+fsync per batch, crc-checked records, a torn tail cut off on open) in ``<data_dir>/wal``, and
+each event gets a sequence number that becomes its store position (``_src`` "embedded",
+``_offset``), written in the same insert as the row. A record is acknowledged only after its
+insert succeeded (or the row was parked or dead-lettered, which are durable too); a segment whose
+records are all acknowledged is deleted.
+
+On the next start the records not acknowledged are replayed. Whether one was already stored
+(the process died between the insert and the acknowledgement) is asked of the store itself, by
+position, so no event is stored twice and none is skipped.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dwcore.agents.spool import RecordId, Spool
+from dwcore.logfmt import kv
+from dwcore.schemas.codec import DecodeError, decode_event, encodable_events, encode_many
+from dwcore.schemas.ddl import EVENTS_TABLE
+from dwcore.schemas.event import AccessEvent
+from dwcore.sinks.replay import ReplayGuard
+
+log = logging.getLogger(__name__)
+
+SRC = "embedded"
+_SEQ = struct.Struct(">Q")
+Logged = tuple[int, AccessEvent]  # (sequence number = store offset, event)
+Rows = Callable[[str, Mapping[str, Any]], list[list[Any]]]
+
+
+def stored_max(rows: Rows, src: str = SRC) -> int:
+    """The highest position of ``src`` in the store, -1 when it holds none."""
+    found = rows(f"SELECT count(), max(_offset) FROM {EVENTS_TABLE} WHERE _src = {{s:String}}",  # noqa: S608
+                 {"s": src})
+    return int(found[0][1]) if found and int(found[0][0]) else -1
+
+
+class EventWal:
+    """Thread-safe: the watcher's thread appends, the store's thread acknowledges."""
+
+    def __init__(self, directory: Path | str, floor: int, *, fsync: bool = True) -> None:
+        """``floor``: the next sequence number the store has not used (``stored_max() + 1``)."""
+        self._spool = Spool(directory, fsync=fsync)
+        self._lock = threading.Lock()
+        self._ids: dict[int, RecordId] = {}
+        top = floor - 1
+        for rid, key, _ in self._spool.iter_unacked():
+            seq = _SEQ.unpack(key)[0]
+            self._ids[seq] = rid
+            top = max(top, seq)
+        self._next = top + 1
+        self.counters = {"appended": 0, "acked": 0, "replayed": 0, "already_stored": 0, "unreadable": 0}
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._ids)
+
+    def append(self, events: Sequence[AccessEvent]) -> list[Logged]:
+        """Durably logs ``events`` (one write, one fsync) and returns them with their numbers.
+        Raises (nothing is handed on) when the disk refuses: the watcher keeps and retries the batch."""
+        if not events:
+            return []
+        events = encodable_events(list(events))
+        values = encode_many(events)
+        with self._lock:
+            first = self._next
+            seqs = range(first, first + len(events))
+            ids = self._spool.append([(_SEQ.pack(s), v) for s, v in zip(seqs, values, strict=True)])
+            self._next = first + len(events)
+            self._ids.update(zip(seqs, ids, strict=True))
+            self.counters["appended"] += len(events)
+        return list(zip(seqs, events, strict=True))
+
+    def ack(self, seqs: Iterable[int]) -> None:
+        """These events are stored (or parked or dead-lettered): their records may go."""
+        with self._lock:
+            ids = [rid for s in seqs if (rid := self._ids.pop(s, None)) is not None]
+            if ids:
+                self._spool.ack(ids)
+                self.counters["acked"] += len(ids)
+
+    def replay(self, rows: Rows, chunk: int = 1_000) -> Iterator[list[Logged]]:
+        """The records a previous run logged but never acknowledged, in chunks, minus those the
+        store already holds (acknowledged here and now). Call once, before the first append."""
+        with self._lock:
+            pending = sorted(self._ids)
+        if not pending:
+            return
+        guard = ReplayGuard(rows)
+        guard.unsure([SRC])
+        stored = guard.stored(SRC, pending[0])
+        done = [s for s in pending if s in stored]
+        self.counters["already_stored"] += len(done)
+        self.ack(done)
+        log.info("wal_replay %s", kv(pending=len(pending), already_stored=len(done),
+                                     replaying=len(pending) - len(done)))
+        out: list[Logged] = []
+        with self._lock:
+            records = list(self._spool.iter_unacked())
+        for _, key, value in records:
+            seq = _SEQ.unpack(key)[0]
+            if seq in stored:
+                continue
+            try:
+                out.append((seq, decode_event(value)))
+            except DecodeError as exc:  # crc-checked, so only a format change could do this
+                self.counters["unreadable"] += 1
+                log.error("wal_record_unreadable %s", kv(seq=seq, error=exc, action="dropped"))
+                self.ack([seq])
+                continue
+            if len(out) >= chunk:
+                self.counters["replayed"] += len(out)
+                yield out
+                out = []
+        if out:
+            self.counters["replayed"] += len(out)
+            yield out
+
+    def close(self) -> None:
+        with self._lock:
+            self._spool.close()
+
+
+class WalStream:
+    """The events batcher's sink: inserts (number, event) pairs at their own positions, then
+    acknowledges them in the log; feeds the custody sealer like a Kafka partition."""
+
+    def __init__(self, writer: Any, wal: EventWal, sealer: Any | None = None, src: str = SRC) -> None:
+        self.writer = writer
+        self.wal = wal
+        self.sealer = sealer
+        self.src = src
+
+    def __call__(self, batch: Sequence[Logged]) -> int:
+        seqs = [s for s, _ in batch]
+        done = self.writer.insert_events([e for _, e in batch], positions=([self.src] * len(batch), seqs))
+        self.wal.ack(seqs)
+        if self.sealer is not None:
+            self.sealer.stored(self.src, max(seqs))
+        return done
