@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from dwcore.agents import inotify_lean as ino
 from dwcore.agents.attribution import OwnerResolver
+from dwcore.agents.blindspots import BlindSpots
 from dwcore.agents.watcher import ALARM_QUEUE_OVERFLOW, agent_user
 from dwcore.logfmt import kv
 from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source, make_event
@@ -30,6 +31,8 @@ DIR_MASK = (ino.IN_CREATE | ino.IN_DELETE | ino.IN_MOVED_FROM | ino.IN_MOVED_TO 
             | ino.IN_CLOSE_WRITE | ino.IN_DELETE_SELF | ino.IN_MOVE_SELF | ino.IN_ONLYDIR | ino.IN_DONT_FOLLOW
             | ino.IN_EXCL_UNLINK)
 _WRITE = ino.IN_MODIFY | ino.IN_CLOSE_WRITE
+_SELF_GONE = ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
+ROOT_CHECK_S = 1.0  # how often a deleted root is looked for again
 
 
 class LeanWatcher:
@@ -61,6 +64,10 @@ class LeanWatcher:
         self._dispatcher: threading.Thread | None = None
         self._id_prefix = uuid.uuid4().hex[:16]
         self._n = 0
+        self._root_wd: dict[int, bytes] = {}  # wd -> root it watches (the roots' own watches)
+        self._missing: dict[bytes, float] = {}  # deleted roots -> monotonic time they went
+        self._checked = 0.0
+        self.blind = BlindSpots(device, self._agent_user, self._hand_over, self._uid, clock)
         self.counters = {"seen": 0, "emitted": 0, "overflows": 0, "coalesced": 0, "skipped": 0,
                          "emit_errors": 0, "lost": 0, "watches": 0}
 
@@ -117,10 +124,12 @@ class LeanWatcher:
         try:
             wd = self._ino.add_watch(path, DIR_MASK)
         except OSError as exc:
-            log.warning("watch_failed %s", kv(path=path, error=exc))
+            self.blind.watch_failed(os.fsencode(share), path, exc)  # a blind spot: said out loud
             return None
         self._wd_path[wd] = path
         self._wd_share[wd] = share
+        if path in self._roots_b:
+            self._root_wd[wd] = path
         self.counters["watches"] = len(self._wd_path)
         return wd
 
@@ -191,6 +200,10 @@ class LeanWatcher:
             if mask & ino.IN_IGNORED:
                 self._wd_path.pop(wd, None)
                 self._wd_share.pop(wd, None)
+                self._root_wd.pop(wd, None)
+                continue
+            if mask & _SELF_GONE and wd in self._root_wd:
+                self._root_gone(wd, moved=bool(mask & ino.IN_MOVE_SELF))
                 continue
             base = self._wd_path.get(wd)
             if base is None or not name:
@@ -240,6 +253,34 @@ class LeanWatcher:
             else:
                 self._moves[cookie] = (path, is_dir, share, age + 1)
 
+    def _root_gone(self, wd: int, moved: bool) -> None:
+        """A root was deleted or moved away: drop its watches (a moved tree's would report under
+        the wrong paths), raise the alarm, and look for it again every ROOT_CHECK_S."""
+        assert self._ino is not None
+        root = self._root_wd.pop(wd)
+        inside = root + b"/"
+        for w, p in list(self._wd_path.items()):
+            if p == root or p.startswith(inside):
+                self._ino.rm_watch(w)
+                self._wd_path.pop(w, None)
+                self._wd_share.pop(w, None)
+        self.counters["watches"] = len(self._wd_path)
+        self._missing[root] = time.monotonic()
+        self.blind.root_deleted(root, moved)
+
+    def _check_missing(self, out: list[AccessEvent], pending: dict[bytes, int]) -> None:
+        """A deleted root that exists again is watched again; what is in it is reported as Creates."""
+        if not self._missing or time.monotonic() - self._checked < ROOT_CHECK_S:
+            return
+        self._checked = time.monotonic()
+        for root, since in list(self._missing.items()):
+            if not os.path.isdir(root):
+                continue
+            del self._missing[root]
+            before = len(out)
+            self._watch_tree(root, os.fsdecode(root), out, pending)
+            self.blind.root_recreated(root, time.monotonic() - since, len(out) - before)
+
     def _moved_dir(self, old: bytes, new: bytes) -> None:
         old_slash = old + b"/"
         for wd, p in list(self._wd_path.items()):
@@ -266,6 +307,7 @@ class LeanWatcher:
                     log.exception("inotify_translate_failed %s", kv(events=len(raw)))
             elif self._moves:
                 self._translate([], out, pending)
+            self._check_missing(out, pending)
             if out and (len(out) >= self._max_batch or time.monotonic() - last >= self._interval):
                 self._hand_over(out)
                 out, pending = [], {}

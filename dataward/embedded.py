@@ -27,7 +27,8 @@ from dwcore.agents.watcher import FileWatcher, agent_user
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
-from dwcore.schemas.ddl import ALERTS_TABLE, DELIVERIES_TABLE, EVENTS_TABLE
+from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, DELIVERIES_TABLE, EVENTS_TABLE
+from dwcore.schemas.deadletter import dead_letter
 from dwcore.schemas.delivery import Delivery
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.alert_router import AlertRouter
@@ -145,7 +146,7 @@ class EmbeddedPipeline:
         self._server.write_addr_file(self.config.query_addr_file)
         self._thread = threading.Thread(target=self._process_loop, name="dataward-process", daemon=True)
         self._thread.start()
-        for chunk in self._wal.replay(store.writer.rows):  # what the last run logged but never stored
+        for chunk in self._wal.replay(store.writer.rows, self._wal_unreadable):  # logged, never stored
             self.bus.publish(chunk)
         if self.config.agent.tune_inotify:
             ensure_queue_size()  # a fast writer must not overflow the kernel queue unnoticed
@@ -219,6 +220,14 @@ class EmbeddedPipeline:
         assert self._wal is not None
         with self._publish_lock:
             self.bus.publish(self._wal.append(events))
+
+    def _wal_unreadable(self, seq: int, raw: bytes, reason: str) -> None:
+        assert self._keeper is not None and self._store is not None
+        letter = dead_letter(raw, f"write-ahead log record refused: {reason}", f"wal:{seq}", int(time.time() * 1000))
+        try:
+            self._store.writer.insert_deadletters([letter])
+        except Exception as exc:
+            self._keeper.failed(DEADLETTER_TABLE, [letter], exc)  # parked, replayed later
 
     def _events_failed(self, batch: list[Logged], exc: BaseException) -> None:
         assert self._keeper is not None and self._wal is not None

@@ -24,7 +24,7 @@ from typing import Any
 
 from dwcore.agents.spool import RecordId, Spool
 from dwcore.logfmt import kv
-from dwcore.schemas.codec import DecodeError, decode_event, encodable_events, encode_many
+from dwcore.schemas.codec import DecodeError, decode_event, encode_many, repair_event
 from dwcore.schemas.ddl import EVENTS_TABLE
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.replay import ReplayGuard
@@ -70,8 +70,11 @@ class EventWal:
         Raises (nothing is handed on) when the disk refuses: the watcher keeps and retries the batch."""
         if not events:
             return []
-        events = encodable_events(list(events))
-        values = encode_many(events)
+        try:
+            values = encode_many(events)
+        except UnicodeEncodeError:  # raw bytes in a name: logged (and stored) in the lossless escaped form
+            events = [repair_event(e) for e in events]
+            values = encode_many(events)
         with self._lock:
             first = self._next
             seqs = range(first, first + len(events))
@@ -89,9 +92,11 @@ class EventWal:
                 self._spool.ack(ids)
                 self.counters["acked"] += len(ids)
 
-    def replay(self, rows: Rows, chunk: int = 1_000) -> Iterator[list[Logged]]:
+    def replay(self, rows: Rows, unreadable: Callable[[int, bytes, str], None],
+               chunk: int = 1_000) -> Iterator[list[Logged]]:
         """The records a previous run logged but never acknowledged, in chunks, minus those the
-        store already holds (acknowledged here and now). Call once, before the first append."""
+        store already holds (acknowledged here and now); one the schema refuses goes to
+        ``unreadable(seq, raw, reason)`` (a dead letter), never nowhere. Call once, before the first append."""
         with self._lock:
             pending = sorted(self._ids)
         if not pending:
@@ -113,9 +118,10 @@ class EventWal:
                 continue
             try:
                 out.append((seq, decode_event(value)))
-            except DecodeError as exc:  # crc-checked, so only a format change could do this
+            except DecodeError as exc:  # crc-checked: a value the schema refuses (a path over 4096 characters)
                 self.counters["unreadable"] += 1
-                log.error("wal_record_unreadable %s", kv(seq=seq, error=exc, action="dropped"))
+                log.error("wal_record_unreadable %s", kv(seq=seq, error=exc, action="dead_letter"))
+                unreadable(seq, value, str(exc))
                 self.ack([seq])
                 continue
             if len(out) >= chunk:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 class DatawardProcess:
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.args = args
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -20,7 +21,7 @@ class DatawardProcess:
         self._log = open(log_path, "w")  # closed in stop()
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dataward.cli", *args],
+            [*(prefix or []), sys.executable, "-m", "dataward.cli", *args],  # prefix: e.g. setpriv as nobody
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,
