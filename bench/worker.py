@@ -120,7 +120,8 @@ def faust_count(servers: str, topic: str, n: int) -> tuple[int, float, float]:
         if line.startswith("{"):
             got = json.loads(line)
             return got["events"], got["seconds"], got["cpu"]
-    raise RuntimeError(f"faust count-only run failed:\n{out.stderr[-3000:]}")
+    raise RuntimeError(f"faust count-only run failed (exit {out.returncode}):\n{out.stdout[-2000:]}\n"
+                       f"{out.stderr[-3000:]}")
 
 
 def detect_alone(events: list[AccessEvent]) -> tuple[float, float, int]:
@@ -156,7 +157,7 @@ def run_workers(servers: str, prefix: str, n_workers: int, n_events: int, workdi
         log = open(workdir / f"worker-{prefix}{i}.log", "w")  # closed below
         procs.append((subprocess.Popen(
             [sys.executable, "-m", "dataward.cli", "worker", "--bootstrap", servers, "--topic-prefix", prefix,
-             "--data-dir", str(workdir / f"{prefix}{i}"), "--log-level", "error"],
+             "--data-dir", str(workdir / f"{prefix}{i}"), "--log-level", "warning"],
             stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=workdir), log))
     try:
         for proc, _ in procs:

@@ -35,7 +35,7 @@ from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
 from dwcore.stream.changelog import ChangelogState
-from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect_user, prepare
+from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect_user, open_incident, prepare
 
 log = logging.getLogger(__name__)
 
@@ -189,20 +189,22 @@ class BatchWorker:
         staged = {u: values[u] for u in batch.events if u in values}
         alerts: list[Alert] = []
         for user, events in batch.events.items():
-            alerts.extend(detect_user(staged, user, events, self.policy, batch.offsets[user], self.scorer))
+            raised = detect_user(staged, user, events, self.policy, batch.offsets[user], self.scorer)
+            if raised:
+                alerts.extend(raised)
+                # An incident opens or grows only with an alert: only such users need the timer.
+                self._watching[user] = batch.partition[user]
         self._publish_alerts(alerts)
         for user, value in staged.items():
             if value is not values.get(user):
                 self.state.write(user, value, batch.partition[user])
                 c.state_writes += 1
-                self._watching[user] = batch.partition[user]
         self._flush()
         self._last_commit.update(batch.commit)
         self._commit(asynchronous=True)
 
     def close_quiet_incidents(self, now_ms: int) -> None:
-        """Closing versions for the watched users' incidents that went quiet (after a restart:
-        from their next event on)."""
+        """Closing versions for the watched users' incidents that went quiet."""
         if not self._watching:
             return
         values = self.state.values
@@ -289,6 +291,11 @@ class BatchWorker:
         self._assigned = set(partitions)
         self.state.keep_only(partitions)
         self.counters.recovered += self.state.recover(partitions)
+        # Incidents left open by the previous owner still get their closing version.
+        for user, raw in self.state.values.items():
+            partition = self.state.partition_of(user)
+            if user not in self._watching and partition is not None and open_incident(raw, user):
+                self._watching[user] = partition
         log.info("worker_assigned %s", kv(partitions=len(partitions), users=len(self.state.values)))
         if self._ready is not None:
             ready, self._ready = self._ready, None
