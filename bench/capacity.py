@@ -37,7 +37,7 @@ FLEETS = (10, 1_000, 100_000)
 @dataclass(frozen=True)
 class Rates:
     agent: float  # events/s one agent publishes (KafkaPublisher, spool on)
-    worker: float  # events/s one worker process handles
+    worker: float  # events/s one faust worker processes
     sink: float  # rows/s one sink process stores
     bytes_per_row: float
     sources: dict[str, str]

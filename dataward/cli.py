@@ -148,7 +148,7 @@ def worker(
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
-    """Distributed mode: a stream worker that runs the detectors per user (scale out by partitions)."""
+    """Distributed mode: a faust worker that runs the detectors per user (scale out by partitions)."""
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   policy_file=policy)
@@ -156,7 +156,8 @@ def worker(
 
     pol = _policy(cfg)
     ensure_all_topics(cfg)
-    run_worker(cfg, pol, _stop_on_signals(), ready=lambda: _ready("worker assigned"))
+    level = {"warning": "warn", "critical": "crit"}.get(log_level, log_level)
+    run_worker(cfg, pol, loglevel=level, ready=lambda: _ready("worker assigned"))
 
 
 @sink_app.command("clickhouse")

@@ -266,6 +266,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return Path(self.data_dir) / "query.token"
 
     @property
+    def faust_dir(self) -> Path:
+        """faust's local files (it would otherwise write ``<app-id>-data/`` into the working dir)."""
+        return Path(self.data_dir) / "faust"
+
+    @property
     def backup_dir(self) -> Path:
         return Path(self.backup.journal_dir or Path(self.data_dir) / "backup")
 

@@ -179,62 +179,49 @@ def run_file_agent(
 
 
 # A worker that dies (kill -9, lost host) is dropped from the group after this long without a
-# heartbeat, and its partitions, with their users' state, move to the others: a minute (faust's
-# old default) would leave an attack on those partitions unwatched for that long.
+# heartbeat, and its partitions, with their users' state, move to the others: faust's 60 s default
+# would leave an attack on those partitions unwatched for a minute.
 WORKER_SESSION_TIMEOUT_S = 10.0
 
 
-def worker_group(config: Config) -> str:
-    """The workers' consumer group; the changelog is named after it (the names faust gave them)."""
-    return f"dataward-worker-{config.kafka.topic_prefix or 'main'}".rstrip(".")
+def _worker_settings() -> dict[str, object]:
+    # The client id names the process, so `kafka-consumer-groups --describe` (and the tests) can tell
+    # which worker owns which partition.
+    return {"broker_client_id": f"dataward-worker-{socket.gethostname()}-{os.getpid()}",
+            "broker_session_timeout": WORKER_SESSION_TIMEOUT_S}
 
 
-def state_changelog(config: Config) -> str:
-    return f"{worker_group(config)}-user-state-changelog"
-
-
-def ensure_changelog(config: Config) -> str:
-    """The compacted state topic, with as many partitions as the events topic has (a user's state
-    record goes to the partition of the user's events)."""
-    from confluent_kafka.admin import AdminClient
-
-    client = config.kafka.client_config()
-    events = topics_of(config).events
-    name = state_changelog(config)
-    meta = AdminClient(dict[str, str | int | float | bool](client)).list_topics(timeout=30).topics
-    want = len(meta[events].partitions) if events in meta and meta[events].partitions else config.kafka.partitions
-    if name in meta and len(meta[name].partitions) < want:
-        raise RuntimeError(f"the state changelog {name} has {len(meta[name].partitions)} partitions and "
-                           f"{events} has {want}: add partitions to the changelog (kafka-topics --alter) first")
-    durability = choose_durability(client)
-    ensure_topics(client, [name], want, replication_factor=durability.replication_factor,
-                  topic_config={"cleanup.policy": "compact",
-                                "min.insync.replicas": str(durability.min_insync_replicas)})
-    return name
-
-
-def build_worker(config: Config, policy: Policy, changelog: str | None = None) -> Any:
-    """The stream worker of ``dataward worker``, with the cluster's full client configuration
-    (SASL/TLS included). ``changelog``: the state topic's name (default: ensured on the broker)."""
+def worker_app(config: Config, policy: Policy, ready: Callable[[], None] | None = None) -> Any:
+    """The faust app of ``dataward worker``, with the cluster's full client configuration."""
+    from dataward.faust_auth import faust_broker_settings
     from dataward.model_train import load_models
-    from dwcore.stream.batch_worker import BatchWorker, WorkerSettings
+    from dwcore.stream.faust_app import build_app
 
-    settings = WorkerSettings(
-        group=worker_group(config),
-        changelog=changelog or ensure_changelog(config),
-        # The client id names the process, so `kafka-consumer-groups --describe` (and the tests)
-        # can tell which worker owns which partition.
-        client_id=f"dataward-worker-{socket.gethostname()}-{os.getpid()}",
-        session_timeout_s=WORKER_SESSION_TIMEOUT_S,
+    prefix = config.kafka.topic_prefix
+    app_id = f"dataward-worker-{prefix or 'main'}".rstrip(".")
+    config.faust_dir.mkdir(parents=True, exist_ok=True)
+    return build_app(
+        policy,
+        topics_of(config),
+        bootstrap=config.kafka.bootstrap,
+        partitions=config.kafka.partitions,
+        app_id=app_id,
+        datadir=str(config.faust_dir),
+        ready=ready,
+        scorer=load_models(config.models_dir, policy),
+        # the same credentials as every other client of the cluster (SASL/TLS)
+        settings={**_worker_settings(), **faust_broker_settings(config.kafka.client_config())},
     )
-    return BatchWorker(config.kafka.client_config(), topics_of(config), settings, policy,
-                       scorer=load_models(config.models_dir, policy))
 
 
-def run_worker(config: Config, policy: Policy, stop: threading.Event,
-               ready: Callable[[], None] | None = None) -> None:
-    """The stream worker; runs until ``stop`` is set."""
-    build_worker(config, policy).run(stop, ready)
+def run_worker(
+    config: Config, policy: Policy, loglevel: str = "info", ready: Callable[[], None] | None = None
+) -> None:
+    """The stream worker; runs until SIGINT/SIGTERM (faust's Worker installs the handlers)."""
+    import faust
+
+    worker = faust.Worker(worker_app(config, policy, ready), loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
 
 
 def run_clickhouse_sink(

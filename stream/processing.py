@@ -1,9 +1,9 @@
-"""The per-batch core shared by the stream worker and the embedded mode.
+"""The per-batch core shared by the faust worker and the embedded mode.
 
 decode -> group by user -> detectors.evaluate with that user's state -> alerts. State is kept as
-bytes (msgspec) in whatever mapping the caller owns: the worker's in-memory copy of its changelog
-in the distributed mode, a dict in the embedded mode. Keeping this free of Kafka makes it
-testable and lets both modes run the same code.
+bytes (msgspec) in whatever mapping the caller owns: a changelog-backed faust table in the
+distributed mode, a dict in the embedded mode. Keeping this free of faust makes it testable and
+lets both modes run the same code.
 """
 from __future__ import annotations
 
@@ -152,12 +152,6 @@ def close_quiet(state: MutableMapping[str, bytes], user: str, now_ms: int, polic
         state[user] = _stored_encoder.encode(_Stored(done, encode_state(new_state)))
         _log_alerts(alerts)
     return alerts, has_open_incident(new_state)
-
-
-def open_incident(raw: bytes | None, user: str) -> bool:
-    """Whether a stored entry holds an incident that is still open (so it needs a closing version)."""
-    current, _ = _load(raw, user)
-    return current is not None and has_open_incident(current)
 
 
 def prepare(policy: Policy) -> None:

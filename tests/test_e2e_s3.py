@@ -1,5 +1,5 @@
 """S3 end to end, distributed mode, real parts: moto's S3 API (boto3, versioning on), Kafka, the
-stream worker, the ClickHouse sink, and the three live S3 sources as `dataward agent s3 ...`
+faust worker, the ClickHouse sink, and the three live S3 sources as `dataward agent s3 ...`
 processes: event notifications from a Kafka topic (the fast path), a CloudTrail log bucket
 followed incrementally, and the version poller on the attacked bucket.
 
