@@ -48,9 +48,16 @@ class OwnerResolver:
         self._stat = stat
         self._paths: OrderedDict[str, int] = OrderedDict()  # path -> uid, least recently seen first
         self._name = functools.lru_cache(maxsize=uid_cache)(name_for_uid)
+        self._owners: dict[int, Owner] = {}  # one Owner per uid, built once (every event asks)
+        self._uid_cache = uid_cache
 
     def owner_of_uid(self, uid: int) -> Owner:
-        return Owner(self._name(uid), str(uid))
+        owner = self._owners.get(uid)
+        if owner is None:
+            if len(self._owners) >= self._uid_cache:
+                self._owners.clear()
+            owner = self._owners[uid] = Owner(self._name(uid), str(uid))
+        return owner
 
     def remember(self, path: str, uid: int) -> None:
         paths = self._paths

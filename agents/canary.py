@@ -267,14 +267,24 @@ class CanaryStage:
         return out
 
 
+Early = Callable[[list[AccessEvent], bool], None]
+
+
 class CanaryReadWatch:
     """Reports reads of canaries (inotify IN_ACCESS on the canary files only) as Read events,
-    at most one per canary per ``every_ms``. Linux only; elsewhere it does nothing."""
+    at most one per canary per ``every_ms``. Linux only; elsewhere it does nothing.
+
+    With ``early`` (the fast path's door), each touch goes there first, from this thread, the
+    moment the kernel reports it: no watcher batch window, no enrichment stage in front of it.
+    Writes (IN_MODIFY on the canary itself) are watched then too and go to ``early`` only, since
+    the file watcher publishes its own Update of that write; ``early(events, published)`` says
+    which of the two it got."""
 
     def __init__(self, canaries: CanarySet, device: str, emit: Callable[[list[AccessEvent]], None], *,
                  user_of: Callable[[str], tuple[str, str]], every_ms: int = 1000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, early: Early | None = None) -> None:
         self.canaries = canaries
+        self._early = early
         self.device = device
         self._emit = emit
         self._user_of = user_of
@@ -283,8 +293,8 @@ class CanaryReadWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wds: dict[int, Canary] = {}
-        self._last: dict[str, int] = {}
-        self.counters = {"reads": 0, "watch_errors": 0}
+        self._last: dict[tuple[str, int], int] = {}
+        self.counters = {"reads": 0, "writes": 0, "watch_errors": 0}
 
     def start(self) -> None:
         from dwcore.agents.inotify_lean import Inotify
@@ -299,41 +309,55 @@ class CanaryReadWatch:
         self._thread.start()
 
     def _arm(self) -> None:
-        from dwcore.agents.inotify_lean import IN_ACCESS, IN_DONT_FOLLOW
+        from dwcore.agents.inotify_lean import IN_ACCESS, IN_DONT_FOLLOW, IN_MODIFY
 
+        mask = IN_ACCESS | IN_DONT_FOLLOW | (IN_MODIFY if self._early is not None else 0)
         for wd in list(self._wds):
             self._ino.rm_watch(wd)
         self._wds = {}
         for c in self.canaries.by_path.values():
             try:
-                wd = self._ino.add_watch(name_bytes(c.path, c.escaped), IN_ACCESS | IN_DONT_FOLLOW)
+                wd = self._ino.add_watch(name_bytes(c.path, c.escaped), mask)
             except OSError:
                 self.counters["watch_errors"] += 1
                 continue
             self._wds[wd] = c
 
     def _loop(self) -> None:
+        from dwcore.agents.inotify_lean import IN_ACCESS
+
         while not self._stop.is_set():
             if self.canaries.refresh():
                 self._arm()
             if not self._ino.wait(0.2):
                 continue
             now = int(self._clock() * 1000)
-            batch = []
-            for wd, _mask, _cookie, _name in self._ino.read():
+            batch: list[AccessEvent] = []
+            writes: list[AccessEvent] = []
+            for wd, mask, _cookie, _name in self._ino.read():
                 c = self._wds.get(wd)
                 if c is None or now < c.planted_at + self.canaries.grace_ms:
                     continue
-                if now - self._last.get(c.path, -10**15) < self._every_ms:
+                act = Activity.READ if mask & IN_ACCESS else Activity.UPDATE
+                if now - self._last.get((c.path, act), -10**15) < self._every_ms:
                     continue
-                self._last[c.path] = now
+                self._last[(c.path, act)] = now
                 user, uid = self._user_of(c.path)
-                batch.append(make_event(
-                    Activity.READ, uid=uuid.uuid4().hex, time=now, user_name=user, user_uid=uid,
+                (batch if act == Activity.READ else writes).append(make_event(
+                    act, uid=uuid.uuid4().hex, time=now, user_name=user, user_uid=uid,
                     attribution=Attribution.OWNER, device=self.device, source=Source.FILE,
                     share=os.path.dirname(c.path), file_path=c.path, names_escaped=c.escaped, canary=True))
+            self.counters["reads"] += len(batch)
+            self.counters["writes"] += len(writes)
+            if self._early is not None:
+                try:
+                    if writes:
+                        self._early(writes, False)
+                    if batch:
+                        self._early(batch, True)
+                except Exception:
+                    log.exception("canary_early_failed %s", kv(events=len(batch) + len(writes)))
             if batch:
-                self.counters["reads"] += len(batch)
                 try:
                     self._emit(batch)
                 except Exception:

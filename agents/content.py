@@ -1,7 +1,7 @@
 """What was written: entropy, printable ratio and type of small bounded samples of a file.
 
-Pure signal functions (``entropy``, ``printable_ratio``, ``magic_type``, ``ext_mismatch``,
-``partial_encryption``) plus ``ContentSampler``, which reads at most three small regions of a
+Pure signal functions (``entropy``, ``partial_encryption``; the type from magic bytes is
+``agents.magic``) plus ``ContentSampler``, which reads at most three small regions of a
 file (head, middle, tail), keeps the previous sample of each path in a bounded cache and spends
 at most ``bytes_per_s`` on reads, so a write storm can never stall capture: a write it cannot
 afford is marked ``sample_skipped="budget"``, never dropped.
@@ -27,6 +27,8 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 
+from dwcore.agents.magic import TEXT_RATIO, ext_mismatch, is_utf8, signature_type, text_bytes
+
 HEAD_BYTES = 4096
 MIDDLE_BYTES = 4096
 TAIL_BYTES = 4096
@@ -35,11 +37,7 @@ DEFAULT_BYTES_PER_S = 32 * 1024 * 1024
 DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 DEFAULT_CACHE_ENTRIES = 100_000
 
-_PRINTABLE = np.zeros(256, dtype=bool)
-_PRINTABLE[32:127] = True
-_PRINTABLE[[9, 10, 13]] = True
-_PRINTABLE_IDX = np.flatnonzero(_PRINTABLE)
-_HIGH_IDX = np.arange(128, 256)
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 class ContentSignals(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -56,7 +54,14 @@ class ContentSignals(msgspec.Struct, frozen=True, omit_defaults=True):
 
     def fields(self) -> dict[str, object]:
         """Only the fields that are set, for ``msgspec.structs.replace`` or ``make_event``."""
-        return {k: v for k in self.__struct_fields__ if (v := getattr(self, k)) is not None}
+        return {k: v for k, v in zip(self.__struct_fields__, msgspec.structs.astuple(self), strict=True)
+                if v is not None}
+
+
+Fields = dict[str, object]
+_SKIPPED: dict[str, Fields] = {r: {"sample_skipped": r} for r in ("gone", "unreadable", "not_regular", "budget")}
+_EMPTY_FIELDS: Fields = {"entropy": 0.0, "magic_type": "empty"}
+_EMPTY_AGAIN_FIELDS: Fields = {**_EMPTY_FIELDS, "prev_entropy": 0.0, "prev_magic_type": "empty"}
 
 
 # signals (pure)
@@ -78,149 +83,20 @@ def entropy(data: bytes) -> float:
     return entropy_of_counts(_counts(data))
 
 
-def _is_utf8(data: bytes) -> bool:
-    # A sample may cut a multi-byte character at either end: allow up to 3 bytes of slack.
-    for cut in range(4):
-        try:
-            data[cut : len(data) - (3 - cut) if cut < 3 else len(data)].decode("utf-8")
-            return True
-        except UnicodeDecodeError:
-            continue
-    return False
+class _XLogX:
+    """``c * log2(c)`` for every count a sample of up to ``n`` bytes can hold, so that a sample's
+    entropy is ``log2(n) - sum(table[counts]) / n``: two numpy calls instead of a dozen."""
 
+    def __init__(self, n: int) -> None:
+        c = np.arange(n + 1, dtype=np.float64)
+        c[0] = 1.0  # 0 * log2(0) counts as 0
+        self.table = np.arange(n + 1, dtype=np.float64) * np.log2(c)
 
-def printable_ratio_of_counts(counts: np.ndarray, utf8: bool) -> float:
-    n = int(counts.sum())
-    if n == 0:
-        return 1.0
-    good = int(counts[_PRINTABLE_IDX].sum())
-    if utf8:
-        good += int(counts[_HIGH_IDX].sum())
-    return good / n
-
-
-def printable_ratio(data: bytes) -> float:
-    """Share of bytes that belong to text: ASCII printable and whitespace, plus the bytes of
-    multi-byte characters when the sample is valid UTF-8."""
-    counts = _counts(data)
-    utf8 = bool(counts[_HIGH_IDX].any()) and _is_utf8(data)
-    return printable_ratio_of_counts(counts, utf8)
-
-
-_ZIP_KINDS = ((b"word/", "docx"), (b"xl/", "xlsx"), (b"ppt/", "pptx"))
-
-
-def _zip_kind(head: bytes) -> str:
-    # The first local file header's name (offset 30, length at 26) tells OOXML, ODF and NPZ apart;
-    # OOXML writers put [Content_Types].xml or the part folders first.
-    if len(head) >= 30:
-        name_len = int.from_bytes(head[26:28], "little")
-        name = head[30 : 30 + name_len]
-        if name == b"mimetype" and b"opendocument" in head[:200]:
-            return "odf"
-        if name.endswith(b".npy"):
-            return "npz"
-    window = head[:4096]
-    for marker, kind in _ZIP_KINDS:
-        if b"PK\x03\x04" in window and marker in window:
-            return kind
-    if b"[Content_Types].xml" in window:
-        return "ooxml"
-    return "zip"
-
-
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"%PDF-", "pdf"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"GIF87a", "gif"),
-    (b"GIF89a", "gif"),
-    (b"\x1f\x8b", "gzip"),
-    (b"PAR1", "parquet"),
-    (b"\x93NUMPY", "npy"),
-    (b"\x7fELF", "elf"),
-    (b"SQLite format 3\x00", "sqlite"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"7z\xbc\xaf\x27\x1c", "7z"),
-    (b"Rar!\x1a\x07", "rar"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "ole2"),
-    (b"\x89HDF\r\n\x1a\n", "hdf5"),
-    (b"ARROW1", "arrow"),
-    (b"Obj\x01", "avro"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"-----BEGIN PGP", "pgp"),
-    (b"age-encryption.org/", "age"),
-    (b"MZ", "pe"),
-)
-
-
-def magic_type(head: bytes, tail: bytes = b"", size: int | None = None) -> str:
-    """The file type from its first bytes ("pdf", "zip", "docx", "png", "text", ...),
-    "empty" for an empty file and "unknown" when nothing matches."""
-    if not head:
-        return "empty" if not size else "unknown"
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
-        return _zip_kind(head)
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    if len(head) >= 12 and head[4:8] == b"ftyp":
-        return "mp4"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "webp"
-    if len(head) >= 2 and head[0] == 0x78 and head[1] in (0x01, 0x5E, 0x9C, 0xDA):
-        return "zlib"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and tail.endswith(b"."):
-        return "pickle"
-    if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100_000_000:
-        return "safetensors"
-    if b"\x00" not in head and printable_ratio(head) >= 0.95:
-        return "text"
-    return "unknown"
-
-
-_TEXT = frozenset({"text"})
-_ZIPS = frozenset({"zip", "docx", "xlsx", "pptx", "ooxml", "odf", "npz"})
-EXPECTED: dict[str, frozenset[str]] = {
-    ".pdf": frozenset({"pdf"}),
-    ".docx": frozenset({"docx", "ooxml", "zip"}), ".docm": frozenset({"docx", "ooxml", "zip"}),
-    ".xlsx": frozenset({"xlsx", "ooxml", "zip"}), ".xlsm": frozenset({"xlsx", "ooxml", "zip"}),
-    ".pptx": frozenset({"pptx", "ooxml", "zip"}),
-    ".odt": frozenset({"odf", "zip"}), ".ods": frozenset({"odf", "zip"}), ".odp": frozenset({"odf", "zip"}),
-    ".zip": _ZIPS, ".jar": _ZIPS, ".whl": _ZIPS,
-    ".npz": frozenset({"npz", "zip"}), ".npy": frozenset({"npy"}),
-    ".pt": frozenset({"zip", "pickle"}), ".pth": frozenset({"zip", "pickle"}),
-    ".pkl": frozenset({"pickle"}), ".pickle": frozenset({"pickle"}),
-    ".png": frozenset({"png"}), ".jpg": frozenset({"jpeg"}), ".jpeg": frozenset({"jpeg"}),
-    ".gif": frozenset({"gif"}), ".tif": frozenset({"tiff"}), ".tiff": frozenset({"tiff"}),
-    ".webp": frozenset({"webp"}), ".mp4": frozenset({"mp4"}), ".mov": frozenset({"mp4"}),
-    ".gz": frozenset({"gzip"}), ".tgz": frozenset({"gzip"}), ".bz2": frozenset({"bzip2"}),
-    ".xz": frozenset({"xz"}), ".zst": frozenset({"zstd"}), ".7z": frozenset({"7z"}), ".rar": frozenset({"rar"}),
-    ".parquet": frozenset({"parquet"}), ".arrow": frozenset({"arrow"}), ".feather": frozenset({"arrow"}),
-    ".avro": frozenset({"avro"}), ".h5": frozenset({"hdf5"}), ".hdf5": frozenset({"hdf5"}),
-    ".safetensors": frozenset({"safetensors"}),
-    ".sqlite": frozenset({"sqlite"}), ".sqlite3": frozenset({"sqlite"}), ".db": frozenset({"sqlite"}),
-    ".doc": frozenset({"ole2"}), ".xls": frozenset({"ole2"}), ".ppt": frozenset({"ole2"}),
-    ".so": frozenset({"elf"}), ".exe": frozenset({"pe"}), ".dll": frozenset({"pe"}),
-    **{ext: _TEXT for ext in (".txt", ".csv", ".tsv", ".json", ".jsonl", ".md", ".py", ".yaml", ".yml",
-                              ".xml", ".html", ".htm", ".log", ".ini", ".cfg", ".conf", ".sh", ".sql",
-                              ".rst", ".toml", ".js", ".ts", ".c", ".h", ".java", ".go", ".rs", ".r",
-                              ".ipynb", ".tex", ".svg")},
-}
-
-
-def ext_mismatch(name: str, kind: str) -> bool | None:
-    """True when the type from magic bytes disagrees with the extension; None when the extension
-    is not one we know or the file is empty."""
-    if kind == "empty":
-        return None
-    expected = EXPECTED.get(os.path.splitext(name)[1].lower())
-    if expected is None:
-        return None
-    return kind not in expected
+    def entropy(self, counts: np.ndarray, n: int) -> float:
+        if n == 0:
+            return 0.0
+        h = math.log2(n) - float(self.table[counts].sum()) / n
+        return min(8.0, max(0.0, h))
 
 
 def _random_distinct(n: int) -> float:
@@ -327,10 +203,22 @@ class _Prev(msgspec.Struct, frozen=True):
     entropy: float
     magic: str
     regions: Regions
+    nbytes: int  # what the entry holds, for the cache's byte bound
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(b) for _, b in self.regions) + 64
+
+_EMPTY_PREV = _Prev(0, 0.0, "empty", (), 64)
+
+
+def _empty_fields(prev: _Prev | None) -> Fields:
+    if prev is None:
+        return _EMPTY_FIELDS
+    if prev is _EMPTY_PREV:
+        return _EMPTY_AGAIN_FIELDS
+    return {**_EMPTY_FIELDS, "prev_entropy": prev.entropy, "prev_magic_type": prev.magic}
+
+
+def _prev(size: int, ent: float, magic: str, regions: Regions) -> _Prev:
+    return _Prev(size, ent, magic, regions, sum(len(b) for _, b in regions) + 64)
 
 
 def plan_regions(size: int, head: int = HEAD_BYTES, middle: int = MIDDLE_BYTES, tail: int = TAIL_BYTES,
@@ -360,17 +248,40 @@ class ContentSampler:
         self._max_bytes = cache_bytes
         self._max_entries = cache_entries
         self._lock = threading.Lock()
+        self._xlogx = _XLogX(head + middle + tail)
         self.counters = {"sampled": 0, "skipped_budget": 0, "skipped_other": 0, "bytes_read": 0}
 
-    def _skip(self, reason: str) -> ContentSignals:
+    def _skip(self, reason: str) -> Fields:
         self.counters["skipped_budget" if reason == "budget" else "skipped_other"] += 1
-        return ContentSignals(sample_skipped=reason)
+        return _SKIPPED[reason]
 
-    def sample(self, path: str | bytes, *, name: str | None = None) -> ContentSignals:
-        """Signals of the file at ``path`` now. ``name`` (default: the path) decides the extension.
-        Never follows a symlink and never blocks on a FIFO."""
+    def sample(self, path: str | bytes, *, name: str | None = None, empty_hint: bool = False) -> ContentSignals:
+        """Signals of the file at ``path`` now (see ``sample_fields``)."""
+        return ContentSignals(**self.sample_fields(path, name=name, empty_hint=empty_hint))
+
+    def sample_fields(self, path: str | bytes, *, name: str | None = None, empty_hint: bool = False) -> Fields:
+        """The set ContentSignals fields of the file at ``path`` now, as keywords for
+        ``msgspec.structs.replace`` (a shared dict: never change it). ``name`` (default: the path)
+        decides the extension. Never follows a symlink and never blocks on a FIFO. ``empty_hint``:
+        the caller saw the file empty a moment ago, so one stat may settle it without opening it
+        (a ``touch`` storm)."""
+        if empty_hint:
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                return self._skip("gone")
+            except OSError:
+                return self._skip("unreadable")
+            if st.st_size == 0 and stat.S_ISREG(st.st_mode):
+                self.counters["sampled"] += 1
+                with self._lock:
+                    prev = self._cache.get(path)
+                    self._remember(path, _EMPTY_PREV)
+                return _empty_fields(prev)
+            if not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+                return self._skip("not_regular")
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(path, _OPEN_FLAGS)
         except FileNotFoundError:
             return self._skip("gone")
         except OSError:
@@ -379,42 +290,61 @@ class ContentSampler:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return self._skip("not_regular")
+            size = st.st_size
             with self._lock:
                 prev = self._cache.get(path)
-            plan = plan_regions(st.st_size, *self._sizes, prev=prev.regions if prev else ())
-            want = sum(n for _, n in plan)
-            with self._lock:
-                if not self._budget.take(want):
-                    return self._skip("budget")
+                if size:
+                    plan = plan_regions(size, *self._sizes, prev=prev.regions if prev else ())
+                    if not self._budget.take(sum(n for _, n in plan)):
+                        return self._skip("budget")
+                else:
+                    plan = []
             regions = tuple((off, os.pread(fd, n, off)) for off, n in plan)
         except OSError:
             return self._skip("unreadable")
         finally:
             os.close(fd)
-        return self._signals(path, name or os.fsdecode(path), st.st_size, regions, prev)
+        return self._signals(path, name, size, regions, prev)
 
-    def _signals(self, path: str | bytes, name: str, size: int, regions: Regions, prev: _Prev | None) -> ContentSignals:
-        data = b"".join(b for _, b in regions)
+    def _signals(self, path: str | bytes, name: str | None, size: int, regions: Regions,
+                 prev: _Prev | None) -> Fields:
         self.counters["sampled"] += 1
-        self.counters["bytes_read"] += len(data)
-        counts = _counts(data)
-        utf8 = bool(counts[_HIGH_IDX].any()) and all(_is_utf8(b) for _, b in regions)
-        ent = round(entropy_of_counts(counts), 4)
-        head = regions[0][1] if regions else b""
-        tail = regions[-1][1] if regions else b""
-        kind = magic_type(head, tail, size)
+        if not regions:  # an empty file: nothing to read, nothing to count
+            with self._lock:
+                self._remember(path, _EMPTY_PREV)
+            return _empty_fields(prev)
+        data = regions[0][1] if len(regions) == 1 else b"".join(b for _, b in regions)
+        n = len(data)
+        self.counters["bytes_read"] += n
+        counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
+        ent = round(self._xlogx.entropy(counts, n), 4) if n <= len(self._xlogx.table) - 1 else round(
+            entropy_of_counts(counts), 4)
+        utf8 = not data.isascii() and all(is_utf8(b) for _, b in regions)
+        good = text_bytes(data, utf8)
+        head = regions[0][1]
+        tail = regions[-1][1]
+        kind = signature_type(head, tail) if head else None
+        if kind is None:
+            if not head:
+                kind = "unknown"  # a file that shrank under us: size said data, the read found none
+            else:
+                head_good = good if len(regions) == 1 else text_bytes(head)
+                kind = "text" if b"\x00" not in head and head_good >= TEXT_RATIO * len(head) else "unknown"
         partial = partial_encryption(prev.regions, regions) if prev is not None else None
         with self._lock:
-            self._remember(path, _Prev(size, ent, kind, regions))
-        return ContentSignals(
-            entropy=ent,
-            printable_ratio=round(printable_ratio_of_counts(counts, utf8), 4) if data else None,
-            magic_type=kind,
-            ext_mismatch=ext_mismatch(name, kind),
-            prev_entropy=prev.entropy if prev is not None else None,
-            prev_magic_type=prev.magic if prev is not None else None,
-            partial_encryption=partial,
-        )
+            self._remember(path, _prev(size, ent, kind, regions))
+        out: Fields = {"entropy": ent, "magic_type": kind}
+        if n:
+            out["printable_ratio"] = round(good / n, 4)
+        mismatch = ext_mismatch(name or os.fsdecode(path), kind)
+        if mismatch is not None:
+            out["ext_mismatch"] = mismatch
+        if prev is not None:
+            out["prev_entropy"] = prev.entropy
+            out["prev_magic_type"] = prev.magic
+        if partial is not None:
+            out["partial_encryption"] = partial
+        return out
 
     # cache bookkeeping (under self._lock)
 

@@ -28,6 +28,10 @@ from dwcore.schemas.event import AccessEvent
 log = logging.getLogger(__name__)
 
 
+EARLY_COVER_S = 5.0
+MAX_EARLY = 10_000
+
+
 def urgent(ev: AccessEvent) -> bool:
     return ev.canary or ev.alarm is not None or ev.partial_encryption is not None
 
@@ -48,20 +52,53 @@ class FastPath:
         self._normal: deque[AccessEvent] = deque()
         self._busy = False
         self._stopping = False
+        # Touches evaluated early (``early``), so the stage chain's copy is not counted twice:
+        # event uid (a published event) or (path, activity) (the file watcher's own event of it).
+        self._early: OrderedDict[object, float] = OrderedDict()
         self.counters = {"events": 0, "alerts": 0, "shed": 0, "callback_errors": 0, "errors": 0}
         self._thread: threading.Thread | None = None
         if threaded:
             self._thread = threading.Thread(target=self._loop, name="dw-fastpath", daemon=True)
             self._thread.start()
 
+    def early(self, events: list[AccessEvent], published: bool) -> None:
+        """Urgent events from a side watch (a canary touch), evaluated at once, ahead of the stage
+        chain and its batches. ``published``: the same event objects will also come through the
+        chain (skipped there); else the file watcher reports the touch itself (its first event of
+        that path and activity within ``EARLY_COVER_S`` is skipped)."""
+        now = time.monotonic()
+        with self._cv:
+            marks = self._early
+            for ev in events:
+                marks[ev.uid if published else (ev.file_path, int(ev.activity_id))] = now
+            while marks and (len(marks) > MAX_EARLY or next(iter(marks.values())) < now - EARLY_COVER_S):
+                marks.popitem(last=False)
+            if self._thread is not None:
+                self._urgent.extend(events)
+                self._cv.notify()
+        if self._thread is None:
+            self.process(events)
+
+    def _covered(self, ev: AccessEvent, now: float) -> bool:
+        at = self._early.pop(ev.uid, None)
+        if at is None and ev.canary:
+            at = self._early.pop((ev.file_path, int(ev.activity_id)), None)
+        return at is not None and now - at <= EARLY_COVER_S
+
     def __call__(self, batch: list[AccessEvent]) -> list[AccessEvent]:
         """The pipeline stage: hands the batch over and returns it unchanged at once."""
         if self._thread is None:
-            self.process(batch)
+            with self._cv:
+                now = time.monotonic()
+                todo = [ev for ev in batch if not self._covered(ev, now)] if self._early else batch
+            self.process(todo)
             return batch
         with self._cv:
             room = self._max_pending - len(self._normal)
+            early, now = bool(self._early), time.monotonic()
             for ev in batch:
+                if early and self._covered(ev, now):
+                    continue
                 if urgent(ev):
                     self._urgent.append(ev)
                 elif room > 0:

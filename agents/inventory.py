@@ -14,7 +14,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 from dwcore.agents.attribution import OwnerResolver
-from dwcore.agents.content import EXPECTED, ByteBudget, magic_type
+from dwcore.agents.content import ByteBudget
+from dwcore.agents.magic import EXPECTED, magic_type
 from dwcore.schemas.inventory import InventoryRow
 from dwcore.schemas.paths import name_text
 

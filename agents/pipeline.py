@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -20,6 +21,8 @@ from dwcore.schemas.paths import name_bytes
 log = logging.getLogger(__name__)
 
 Batch = list[AccessEvent]
+_CREATE, _UPDATE = Activity.CREATE, Activity.UPDATE
+_FS_ENCODING = sys.getfilesystemencoding()  # what os.fsencode uses, without its per-call checks
 Stage = Callable[[Batch], Batch]
 
 
@@ -58,15 +61,30 @@ class ContentStage:
 
     def __call__(self, batch: Batch) -> Batch:
         sampler = self.sampler
+        fields_of = sampler.sample_fields
+        replace = msgspec.structs.replace
+        quiet = self._QUIET
+        # A path written twice in one batch (two watcher batches merged) is read once: both
+        # events describe the same bytes, read at the same moment.
+        seen: dict[bytes, dict[str, object]] = {}
         out: Batch = []
+        append = out.append
         for ev in batch:
             act = ev.activity_id
             # Canaries are not sampled: the agent's own read would look like a touch of the decoy.
-            if act in (Activity.CREATE, Activity.UPDATE) and ev.source != "agent" and not ev.canary:
-                ev = self._with_signals(ev, event_path(ev.file_path, ev.names_escaped))
+            if (act == _CREATE or act == _UPDATE) and ev.source != "agent" and not ev.canary:
+                text = ev.file_path
+                path = name_bytes(text, True) if ev.names_escaped else text.encode(_FS_ENCODING, "surrogateescape")
+                fields = seen.get(path)
+                if fields is None:
+                    fields = seen[path] = fields_of(path, name=text, empty_hint=ev.file_size == 0)
+                if fields.get("sample_skipped") not in quiet:
+                    ev = replace(ev, **fields)
             elif act == Activity.RENAME and ev.file_new_path:
                 old = event_path(ev.file_path, ev.names_escaped)
                 new = event_path(ev.file_new_path, ev.names_escaped)
+                seen.pop(old, None)
+                seen.pop(new, None)
                 if sampler.knows(new):
                     # A rename over a file we sampled (encrypt to a temp file, rename over the
                     # original): compare what arrived with what it replaced.
@@ -75,12 +93,16 @@ class ContentStage:
                 else:
                     sampler.moved(old, new)
             elif act == Activity.DELETE:
-                sampler.forget(event_path(ev.file_path, ev.names_escaped))
-            out.append(ev)
+                path = event_path(ev.file_path, ev.names_escaped)
+                seen.pop(path, None)
+                sampler.forget(path)
+            append(ev)
         return out
 
-    def _with_signals(self, ev: AccessEvent, path: bytes) -> AccessEvent:
-        sig = self.sampler.sample(path)
-        if sig.sample_skipped in self._QUIET:
+    def _with_signals(self, ev: AccessEvent, path: bytes, empty_hint: bool = False) -> AccessEvent:
+        # The event's own path text names the extension (the same as the bytes' for any extension
+        # we know), which saves decoding the path again.
+        fields = self.sampler.sample_fields(path, name=ev.file_new_path or ev.file_path, empty_hint=empty_hint)
+        if fields.get("sample_skipped") in self._QUIET:
             return ev
-        return msgspec.structs.replace(ev, **sig.fields())
+        return msgspec.structs.replace(ev, **fields)

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from dwcore.agents.spool import RecordId, Spool, SpoolFullError
@@ -33,6 +34,7 @@ from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.event import AccessEvent
 
 log = logging.getLogger(__name__)
+_encoder = msgspec.json.Encoder()
 
 PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
     "enable.idempotence": True,
@@ -60,6 +62,18 @@ def _spool_full_alarm(device: str, why: str) -> tuple[bytes, bytes]:
                     message=(f"The agent's spool is full ({why}): new events are held in memory only and a "
                              "crash now would lose them. Restore the connection to Kafka or free disk space."))
     return user.encode(), encode(ev)
+
+
+def encode_records(events: Sequence[AccessEvent]) -> list[tuple[bytes, bytes]]:
+    """(key, value) per event: the user name and the JSON. Raw bytes in a text field would make the
+    encoder raise for the whole batch and the watcher retry it forever: such a batch is encoded
+    again with those events in the lossless escaped form (one encode per event when, as nearly
+    always, nothing needs it)."""
+    enc = _encoder.encode
+    try:
+        return [(e.user_name.encode(), enc(e)) for e in events]
+    except UnicodeEncodeError:
+        return [(e.user_name.encode(), enc(e)) for e in encodable_events(list(events))]
 
 
 def _next_id(rid: RecordId | None) -> RecordId | None:
@@ -104,6 +118,8 @@ class KafkaPublisher:
         self._rewind: RecordId | None = None  # smallest record whose delivery failed
         self._retry_after = 0.0
         self._acks: list[RecordId] = []
+        # Deliveries reported (by librdkafka's callback, in any thread) and not yet settled.
+        self._delivered: deque[RecordId] = deque()
         self._mem_waiting: deque[tuple[bytes, bytes]] = deque()  # not spooled: the disk was full
         self._mem_inflight = 0
         self._failing = False
@@ -122,6 +138,7 @@ class KafkaPublisher:
     @property
     def counters(self) -> dict[str, int]:
         with self._lock:
+            self._settle()
             return {**self._counters, "spooled_pending": self.pending}
 
     @property
@@ -140,9 +157,7 @@ class KafkaPublisher:
         the disk is full, held in memory); delivery happens in the background."""
         if not events:
             return
-        # Raw bytes in a text field would make the encoder raise for the whole batch and the
-        # watcher retry it forever: such events go out in the lossless escaped form instead.
-        records = [(e.user_name.encode(), encode(e)) for e in encodable_events(list(events))]
+        records = encode_records(events)
         with self._lock:
             if self._closed:
                 raise RuntimeError("publisher is closed")
@@ -167,7 +182,7 @@ class KafkaPublisher:
             deadline = time.monotonic() + self._budget_s
             if self._rewind is None and self._cursor == before and not self._mem_waiting:
                 # Caught up: produce straight from memory, no read-back from the spool.
-                self._produce_spooled(((rid, k, v) for rid, (k, v) in zip(ids, records, strict=True)), deadline)
+                self._produce_fresh(ids, records, deadline)
             else:
                 self._pump(deadline)
 
@@ -231,6 +246,13 @@ class KafkaPublisher:
                     log.exception("publisher_service_error")
 
     def _settle(self) -> None:
+        delivered = self._delivered
+        if delivered:
+            got = [delivered.popleft() for _ in range(len(delivered))]
+            self._inflight.difference_update(got)
+            self._counters["acked"] += len(got)
+            self._acks += got
+            self._recovered()
         if self._acks:
             acks, self._acks = self._acks, []
             self._spool.ack(acks)
@@ -249,6 +271,26 @@ class KafkaPublisher:
         start = self._rewind if self._rewind is not None else _next_id(self._cursor)
         self._rewind = None
         self._produce_spooled(self._spool.iter_unacked(start), deadline)
+
+    def _produce_fresh(self, ids: list[RecordId], records: list[tuple[bytes, bytes]], deadline: float) -> None:
+        """Produces records just spooled, none produced before (the common case, kept lean: one
+        produce and one set insert per record); anything unusual goes to ``_produce_spooled``."""
+        produce, topic, cb, inflight = self._producer.produce, self.topic, self._on_delivery, self._inflight
+        partial = functools.partial
+        for i, (key, value) in enumerate(records):
+            rid = ids[i]
+            try:
+                produce(topic, value=value, key=key, on_delivery=partial(cb, rid))
+            except (BufferError, KafkaException):
+                # Backpressure or a refusal: the general loop handles it, from this record on.
+                if i:
+                    self._cursor = ids[i - 1]
+                self._produce_spooled(zip(ids[i:], (k for k, _ in records[i:]), (v for _, v in records[i:]),
+                                          strict=True), deadline)
+                return
+            inflight.add(rid)
+        if ids:
+            self._cursor = ids[-1]
 
     def _produce_spooled(self, records: Iterable[tuple[RecordId, bytes, bytes]], deadline: float) -> None:
         for rid, key, value in records:
@@ -292,6 +334,10 @@ class KafkaPublisher:
     # Delivery reports run in whichever thread serves the producer: flush() serves them outside
     # the lock, so each report takes the (re-entrant) lock itself before touching the bookkeeping.
     def _on_delivery(self, rid: RecordId, err: KafkaError | None, msg: Message | None) -> None:
+        if err is None:
+            # The common case takes no lock: a deque append is atomic; _settle books it.
+            self._delivered.append(rid)
+            return
         with self._lock:
             self._on_delivery_locked(rid, err, msg)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import struct
+import sys
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 RecordId = tuple[int, int]  # (segment number, index in segment); ordered like the log
 _HEAD = struct.Struct(">IIH")  # length of (key length + key + value), crc32 of the same, key length
+_KLEN = struct.Struct(">H")
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_U32 = next(t for t in "IL" if array(t).itemsize == 4)  # array typecode of the ack sidecar's u32
 _ACK = struct.Struct(">I")
 _SEGMENT_RE = re.compile(r"^seg-(\d{12})\.log$")
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
@@ -66,8 +70,14 @@ class _Segment:
 
 
 def _frame(key: bytes, value: bytes) -> bytes:
-    body = struct.pack(">H", len(key)) + key + value
-    return _HEAD.pack(len(body), zlib.crc32(body), len(key)) + key + value
+    return b"".join(_frame_parts(key, value))
+
+
+def _frame_parts(key: bytes, value: bytes) -> tuple[bytes, bytes, bytes]:
+    # The crc runs over (key length, key, value) chained, without building that body first.
+    klen = len(key)
+    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(_KLEN.pack(klen))))
+    return _HEAD.pack(klen + 2 + len(value), crc, klen), key, value
 
 
 class Spool:
@@ -142,8 +152,11 @@ class Spool:
         Raises SpoolFullError (nothing written) when the disk is full."""
         if not records:
             return []
-        frames = [_frame(k, v) for k, v in records]
-        blob = b"".join(frames)
+        parts: list[bytes] = []
+        extend = parts.extend
+        for k, v in records:
+            extend(_frame_parts(k, v))
+        blob = b"".join(parts)
         if self.max_bytes and self.size_bytes + len(blob) > self.max_bytes:
             # The configured cap: refuse like a full disk, so the caller keeps the batch in memory.
             self.counters["full"] += 1
@@ -168,15 +181,15 @@ class Spool:
                 self.counters["full"] += 1
                 raise SpoolFullError(f"spool disk full in {self.directory}: {exc.strerror}") from exc
             raise SpoolError(f"spool write failed in {self.directory}: {exc}") from exc
-        ids: list[RecordId] = []
+        number, first, offsets = seg.number, len(seg.offsets), seg.offsets
+        ids = [(number, first + i) for i in range(len(records))]
         pos = start
-        for frame in frames:
-            ids.append((seg.number, len(seg.offsets)))
-            seg.offsets.append(pos)
-            pos += len(frame)
+        for k, v in records:
+            offsets.append(pos)
+            pos += _HEAD.size + len(k) + len(v)
         seg.size = pos
-        seg.acked.extend(bytes(len(frames)))
-        self.counters["appended"] += len(frames)
+        seg.acked.extend(bytes(len(records)))
+        self.counters["appended"] += len(records)
         if seg.size >= self._segment_bytes:
             self._seal_active()
         return ids
@@ -227,16 +240,19 @@ class Spool:
             seg = self._segments.get(number)
             if seg is None:
                 continue
-            fresh = [i for i in idxs if i < len(seg.acked) and not seg.acked[i]]
+            acked, n = seg.acked, len(seg.acked)
+            fresh = array(_U32, [i for i in idxs if i < n and not acked[i]])
             if not fresh:
                 continue
             for i in fresh:
-                seg.acked[i] = 1
+                acked[i] = 1
             seg.n_acked += len(fresh)
             self.counters["acked"] += len(fresh)
             if seg.ack_fd is None:
                 seg.ack_fd = os.open(seg.ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.write(seg.ack_fd, b"".join(_ACK.pack(i) for i in fresh))
+            if _LITTLE_ENDIAN:
+                fresh.byteswap()  # the sidecar holds big-endian u32s, like the records' framing
+            os.write(seg.ack_fd, fresh.tobytes())
             self._maybe_delete(seg)
 
     def _maybe_delete(self, seg: _Segment) -> None:

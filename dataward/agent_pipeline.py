@@ -107,7 +107,8 @@ class AgentStages:
         return locked
 
     def start_side_watches(self, device: str, emit: Callable[[Batch], None]) -> None:
-        """Canary reads (Linux): their own inotify instance on the canary files only."""
+        """Canary reads, and writes for the fast path (Linux): their own inotify instance on the
+        canary files only."""
         if self.canaries is None or not self.config.canary.watch_reads:
             return
         from dwcore.agents.attribution import OwnerResolver
@@ -119,7 +120,10 @@ class AgentStages:
             o = owners.resolve(path)
             return o.user_name, o.user_uid
 
-        read_watch = CanaryReadWatch(self.canaries, device, emit, user_of=user_of)
+        # Touches go to the fast path the moment the kernel reports them (writes included), ahead
+        # of the watcher's batches and of the stage lock a large batch may hold.
+        early = self.fastpath.early if self.fastpath is not None else None
+        read_watch = CanaryReadWatch(self.canaries, device, emit, user_of=user_of, early=early)
         self.read_watch = read_watch
         read_watch.start()
         self._closers.insert(0, read_watch.stop)

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 from dwcore.agents import canary
-from dwcore.agents.content import magic_type
+from dwcore.agents.magic import magic_type
 from dwcore.agents.pipeline import chain
 from dwcore.schemas.event import Activity, make_event
 from tests.test_agents_watcher import Sink, wait_for
@@ -105,5 +105,30 @@ def test_reading_a_canary_is_reported_as_a_canary_read(tmp_path: Path) -> None:
             f.read()
         time.sleep(0.3)
         assert len(sink.events) == 1
+    finally:
+        watch.stop()
+
+
+def test_writes_to_a_canary_go_early_to_the_fast_path_and_reads_go_both_ways(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    c = canary.plant([str(share)], tmp_path / "d", ["docx"])[0]
+    sink = Sink()
+    early: list[tuple[list, bool]] = []
+    watch = canary.CanaryReadWatch(canary.CanarySet(tmp_path / "d", grace_ms=0), "fs1", chain([], sink),
+                                   user_of=lambda p: ("root", "0"), early=lambda evs, pub: early.append((evs, pub)))
+    watch.start()
+    try:
+        with open(c.path, "r+b") as f:
+            f.write(os.urandom(512))
+        wait_for(lambda: early, what="early canary write")
+        evs, published = early[0]
+        assert not published and [(e.activity_id, e.canary, e.file_path) for e in evs] == [
+            (Activity.UPDATE, True, c.path)]
+        assert sink.events == []  # the file watcher publishes the write itself
+        with open(c.path, "rb") as f:
+            f.read(100)
+        wait_for(lambda: sink.events, what="canary read")
+        assert any(pub and e.activity_id == Activity.READ for evs, pub in early for e in evs)
     finally:
         watch.stop()

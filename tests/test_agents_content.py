@@ -13,15 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dwcore.agents.content import (
-    ContentSampler,
-    entropy,
-    ext_mismatch,
-    looks_random,
-    magic_type,
-    partial_encryption,
-    printable_ratio,
-)
+from dwcore.agents.content import ContentSampler, entropy, looks_random, partial_encryption
+from dwcore.agents.magic import ext_mismatch, magic_type, printable_ratio
 
 RNG = random.Random(7)
 TEXT = ("id,name,score,comment\n" + "".join(

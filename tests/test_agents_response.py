@@ -156,3 +156,26 @@ def test_threaded_fast_path_returns_at_once_sheds_only_ordinary_events_and_never
         fp.close()
     assert "canary_touch" in {a.rule for a in got if a.user == "eve"}
     assert fp.counters["events"] == 10 + 100 + 1
+
+
+def test_a_touch_seen_early_is_counted_once_when_the_chain_brings_it_again() -> None:
+    got: list[Alert] = []
+    fp = FastPath(load_policy(), [got.append], threaded=False)
+    t = 1_800_000_000_000
+    read = make_event(Activity.READ, uid="r1", time=t, user_name="eve", device="fs1", file_path="/s/Payroll.xlsx",
+                      canary=True)
+    fp.early([read], True)
+    write = make_event(Activity.UPDATE, uid="w-early", time=t + 1, user_name="eve", device="fs1",
+                       file_path="/s/Payroll.xlsx", canary=True)
+    fp.early([write], False)
+    assert fp.counters["events"] == 2 and {a.rule for a in got} == {"canary_touch"}
+    # the chain's copies: the published read itself and the file watcher's own Update of the write
+    watcher_write = make_event(Activity.UPDATE, uid="w-watcher", time=t + 30, user_name="eve", device="fs1",
+                               file_path="/s/Payroll.xlsx", canary=True)
+    other = make_event(Activity.UPDATE, uid="o1", time=t + 31, user_name="eve", device="fs1", file_path="/s/a.txt")
+    assert fp([read, watcher_write, other]) == [read, watcher_write, other]
+    assert fp.counters["events"] == 3  # only the unrelated update was new
+    later = make_event(Activity.UPDATE, uid="w2", time=t + 2000, user_name="eve", device="fs1",
+                       file_path="/s/Payroll.xlsx", canary=True)
+    fp([later])  # a later write of the canary is a new touch
+    assert fp.counters["events"] == 4
