@@ -34,6 +34,7 @@ _WRITE = ino.IN_MODIFY | ino.IN_CLOSE_WRITE
 _SELF_GONE = ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
 ROOT_CHECK_S = 1.0  # how often a deleted root is looked for again
 _LABEL = {a: a.label for a in Activity}
+_SPECIAL = ino.IN_Q_OVERFLOW | ino.IN_IGNORED
 
 
 class LeanWatcher:
@@ -169,7 +170,10 @@ class LeanWatcher:
     def _event(self, activity: Activity, path: bytes, new_path: bytes | None, share: str, is_dir: bool,
                now_ms: int | None = None) -> AccessEvent:
         resolver = self._resolver
-        text, esc = name_text(path)
+        try:  # name_text, inlined for the common case (UTF-8 names, no new name)
+            text, esc = path.decode("utf-8"), False
+        except UnicodeDecodeError:
+            text, esc = name_text(path)
         new_text, esc2 = name_text(new_path) if new_path is not None else (None, False)
         size = None
         if activity == Activity.DELETE:
@@ -197,37 +201,41 @@ class LeanWatcher:
     def _translate(self, raw: list[tuple[int, int, int, bytes]], out: list[AccessEvent],
                    pending: dict[bytes, int]) -> None:
         now = int(self._clock() * 1000)
+        counters = self.counters
+        wd_path = self._wd_path
+        exclude, exclude_below = self._exclude, self._exclude_below
+        seen = coalesced = 0
         for wd, mask, cookie, name in raw:
-            if mask & ino.IN_Q_OVERFLOW:
-                self.on_queue_overflow()
-                continue
-            if mask & ino.IN_IGNORED:
-                self._wd_path.pop(wd, None)
-                self._wd_share.pop(wd, None)
-                self._root_wd.pop(wd, None)
+            if mask & _SPECIAL:
+                if mask & ino.IN_Q_OVERFLOW:
+                    self.on_queue_overflow()
+                else:
+                    wd_path.pop(wd, None)
+                    self._wd_share.pop(wd, None)
+                    self._root_wd.pop(wd, None)
                 continue
             if mask & _SELF_GONE and wd in self._root_wd:
                 self._root_gone(wd, moved=bool(mask & ino.IN_MOVE_SELF))
                 continue
-            base = self._wd_path.get(wd)
+            base = wd_path.get(wd)
             if base is None or not name:
                 continue  # self events of a watched dir: its parent reports the change
-            self.counters["seen"] += 1
+            seen += 1
             path = base + b"/" + name
-            if self._excluded(path):
-                self.counters["skipped"] += 1
+            if mask & _WRITE and path in pending:  # a Create or Update of it is already in the batch
+                coalesced += 1
+                continue
+            if exclude and (path in exclude or path.startswith(exclude_below)):
+                counters["skipped"] += 1
                 continue
             share = self._wd_share[wd]
             is_dir = bool(mask & ino.IN_ISDIR)
             if mask & _WRITE:
-                if path in pending:  # a Create or Update of this path is already in the batch
-                    self.counters["coalesced"] += 1
-                    continue
                 pending[path] = len(out)
                 out.append(self._event(Activity.UPDATE, path, None, share, False, now))
             elif mask & ino.IN_CREATE:
                 if path in pending:  # already reported by the scan of its new parent directory
-                    self.counters["coalesced"] += 1
+                    coalesced += 1
                     continue
                 pending[path] = len(out)
                 out.append(self._event(Activity.CREATE, path, None, share, is_dir, now))
@@ -249,6 +257,8 @@ class LeanWatcher:
                 out.append(self._event(Activity.RENAME, src[0], path, share, is_dir, now))
                 if is_dir:
                     self._moved_dir(src[0], path)
+        counters["seen"] += seen
+        counters["coalesced"] += coalesced
         # A move whose other half never came within one more read left the watched trees.
         for cookie, (path, is_dir, share, age) in list(self._moves.items()):
             if age >= 1:

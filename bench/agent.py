@@ -7,12 +7,18 @@ resumed and drains it: the rate is the capture's, not the writer's. Rows, all fr
 - the lean inotify backend alone (events built, nothing published);
 - the watchdog backend alone (the portable one);
 - the lean backend + content sampling + KafkaPublisher (spool + Kafka, until every event is acked);
+- the same + the fast path (the detectors on every event, in their own thread, as `dataward agent
+  file` runs them), done when every event is acked and evaluated;
+- with ``--before REF``: the capture + publish row again with the agent code of git REF (same
+  bench driver, older ``agents/``, ``schemas/``, ``detectors/``), for a before/after in one run;
 - a bare confluent-kafka Producer sending as many messages of the same size: the publish baseline.
 Rate = creations captured (or events acked) per second from the resume to the last; CPU = seconds
 of CPU the capture process used for it, and "per cpu-s" the events per CPU-second (the capacity
 of one core); RSS = its peak resident memory.
 
-    python -m bench.agent [--events N]   (N files; installs inotify-tools with apt-get if missing)
+    python -m bench.agent [--events N] [--before REF]   (installs inotify-tools with apt-get if missing)
+
+The canary alert latency is ``bench.agent_canary``, the broker outage at full size ``bench.agent_outage``.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.common import REPO, Result, render, standalone, timed_result, with_rate_ratios
+from bench.common import REPO, Result, make_console, parser, render, save, setup_logging, timed_result, with_rate_ratios
 
 BENCH = "agent"
 
@@ -93,7 +99,7 @@ def run_inotifywait(n: int) -> Result | None:
                                "RSS MiB": round(rss / 2**20, 1), "lost": n - seen})
 
 
-def capture_child(backend: str, n: int, bootstrap: str | None) -> None:
+def capture_child(backend: str, n: int, bootstrap: str | None, fastpath: bool = False) -> None:
     """Runs in the capture process: prints one JSON line with what it measured."""
     from dwcore.agents.content import ContentSampler
     from dwcore.agents.lean_watcher import LeanWatcher
@@ -126,7 +132,14 @@ def capture_child(backend: str, n: int, bootstrap: str | None) -> None:
             count(batch)
             publisher.publish(batch)
 
-        sink = chain([ContentStage(ContentSampler())], sink)
+        stages: list = [ContentStage(ContentSampler())]
+        if fastpath:
+            from dwcore.agents.fastpath import FastPath
+            from dwcore.detectors.policy import load_policy
+
+            fp = FastPath(load_policy(), [], max_pending=10 * n)
+            stages.append(fp)
+        sink = chain(stages, sink)
     cls = LeanWatcher if backend == "lean" else FileWatcher
     w = cls([root], "bench", sink)
     w.start()
@@ -141,6 +154,8 @@ def capture_child(backend: str, n: int, bootstrap: str | None) -> None:
     if publisher is not None:
         while publisher.counters["acked"] < state["events"] and time.monotonic() < deadline:
             publisher.flush(0.05)
+        if fastpath:
+            fp.wait_idle(max(1.0, deadline - time.monotonic()))
         done = time.monotonic()
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     w.stop(drain_s=0.2)
@@ -152,10 +167,30 @@ def capture_child(backend: str, n: int, bootstrap: str | None) -> None:
     print(json.dumps(out), flush=True)
 
 
-def run_capture(backend: str, n: int, bootstrap: str | None, name: str) -> Result:
+def older_tree(ref: str, into: Path) -> Path:
+    """The agent code of git ``ref`` importable as ``dwcore`` from the returned directory."""
+    src = into / "src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "dwcore", "agents", "schemas", "detectors"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    path = into / "py"
+    shutil.copytree(src / "dwcore", path / "dwcore")
+    for part in ("agents", "schemas", "detectors"):
+        (path / "dwcore" / part).symlink_to(src / part)
+    return path
+
+
+def run_capture(backend: str, n: int, bootstrap: str | None, name: str, *, fastpath: bool = False,
+                code: Path | None = None) -> Result:
+    """``code``: a directory holding another ``dwcore`` to run instead of this checkout's."""
     with tempfile.TemporaryDirectory(prefix="dw-bench-agent-") as root:
-        args = [sys.executable, "-m", "bench.agent", "--child", backend, str(n), bootstrap or ""]
-        p = subprocess.Popen(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        args = [sys.executable, "-m", "bench.agent", "--child", backend, str(n), bootstrap or "", str(int(fastpath))]
+        env, cwd = None, REPO
+        if code is not None:
+            # Started outside the checkout, so that its own dwcore/ is not first on the path.
+            env, cwd = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{REPO}"}, code
+        p = subprocess.Popen(args, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert p.stdin is not None and p.stdout is not None
         p.stdin.write(root + "\n")
         p.stdin.flush()
@@ -190,6 +225,7 @@ def run_bare_producer(n: int, size: int, bootstrap: str) -> Result:
             acked[0] += 1
 
     value = b"x" * size
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic()
     for i in range(n):
         while True:
@@ -200,11 +236,14 @@ def run_bare_producer(n: int, size: int, bootstrap: str) -> Result:
                 p.poll(0.01)
         p.poll(0)
     p.flush(120)
-    return timed_result(BENCH, f"bare Producer ({size} B messages)", acked[0], time.monotonic() - start,
-                        extra={"events": n})
+    seconds = time.monotonic() - start
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+    return timed_result(BENCH, f"bare Producer ({size} B messages)", acked[0], seconds,
+                        extra={"events": n, "cpu s": round(cpu, 2), "per cpu-s": round(acked[0] / max(cpu, 0.01))})
 
 
-def run(n: int, console: Console) -> list[Result]:
+def run(n: int, console: Console, before: str | None = None) -> list[Result]:
     from bench.publish import bootstrap as kafka_bootstrap
     from dwcore.schemas.codec import encode
     from dwcore.schemas.event import Activity, make_event
@@ -223,23 +262,39 @@ def run(n: int, console: Console) -> list[Result]:
                         magic_type="empty", share="/tmp/dw-bench-agent-xxxxxxxx", user_uid="1000")
     publish = [run_bare_producer(n, len(encode(sample)), bs)]
     publish[0].baseline = True
+    if before:
+        with tempfile.TemporaryDirectory(prefix="dw-bench-before-") as tmp:
+            code = older_tree(before, Path(tmp))
+            publish.append(run_capture("lean", n, bs, f"lean + content + KafkaPublisher (acked), code of {before}",
+                                       code=code))
     publish.append(run_capture("lean", n, bs, "lean + content + KafkaPublisher (acked)"))
+    publish.append(run_capture("lean", n, bs, "lean + content + KafkaPublisher + fast path (acked, evaluated)",
+                               fastpath=True))
     return with_rate_ratios(capture) + with_rate_ratios(publish)
 
 
 def report(console: Console, results: list[Result]) -> None:
     cap = [r for r in results if "acked" not in r.name and "Producer" not in r.name]
     pub = [r for r in results if r not in cap]
-    note = f"{results[0].count:,} files created by one writer process; capture in its own process"
+    load = os.getloadavg()
+    note = (f"{results[0].count:,} files created by one writer process; capture in its own process; "
+            f"load average now {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     render(console, "File agent capture (rate = creations captured per second)", cap, note=note)
     render(console, "File agent capture + publish (rate = events acked by Kafka per second)", pub, note=note)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        capture_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] or None)
+        capture_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] or None, sys.argv[5] == "1")
         return
-    standalone(__doc__, BENCH, run, report, default_events=20_000)
+    p = parser((__doc__ or BENCH).splitlines()[0], 20_000)
+    p.add_argument("--before", metavar="REF", help="also run capture + publish with the agent code of this git ref")
+    args = p.parse_args()
+    setup_logging(args.verbose)
+    out = make_console()
+    results = run(args.events, out, args.before)
+    report(out, results)
+    save(results, BENCH)
 
 
 if __name__ == "__main__":

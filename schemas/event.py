@@ -139,7 +139,7 @@ class AccessEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     def __post_init__(self) -> None:
         # The pair must agree, or a SOC query on activity_name would miss rows.
-        if self.activity_name != self.activity_id.label:
+        if self.activity_name != _LABELS[self.activity_id]:  # every Activity has its label there
             raise ValueError(
                 f"activity_name {self.activity_name!r} does not match activity_id "
                 f"{int(self.activity_id)} ({self.activity_id.label!r})"
