@@ -257,7 +257,7 @@ class ContentSampler:
 
     def sample(self, path: str | bytes, *, name: str | None = None, empty_hint: bool = False) -> ContentSignals:
         """Signals of the file at ``path`` now (see ``sample_fields``)."""
-        return ContentSignals(**self.sample_fields(path, name=name, empty_hint=empty_hint))
+        return ContentSignals(**self.sample_fields(path, name=name, empty_hint=empty_hint))  # type: ignore[arg-type]
 
     def sample_fields(self, path: str | bytes, *, name: str | None = None, empty_hint: bool = False) -> Fields:
         """The set ContentSignals fields of the file at ``path`` now, as keywords for

@@ -5,7 +5,8 @@ report acks the record in the spool. Failed deliveries (broker down, timeouts) a
 spool by a service thread (with ``dwcore.backoff``), so events published while the broker is away go
 out when it returns, and events spooled by an earlier run (crash, kill, outage) are replayed on start.
 A record Kafka can never take (too large, invalid) goes to the dead-letter topic with the reason,
-like every other refused message in dataward, and leaves the spool only once that is acked. The guarantee is
+like every other refused message in dataward (``agents.deadletters``), and leaves the spool only once
+that is acked. Records are encoded by ``agents.records``. The guarantee is
 at-least-once: a record delivered but not yet acked when the agent dies is sent again, with the
 same event ``uid`` for consumers to deduplicate.
 
@@ -18,23 +19,20 @@ import functools
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from dwcore.agents.deadletters import PERMANENT, DeadLetters, raw_max_for
+from dwcore.agents.records import encode_records, spool_full_alarm
 from dwcore.agents.spool import RecordId, Spool, SpoolFullError
 from dwcore.backoff import Backoff
 from dwcore.logfmt import kv
-from dwcore.schemas.codec import encodable_events, encode
-from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.event import AccessEvent
 
 log = logging.getLogger(__name__)
-_encoder = msgspec.json.Encoder()
 
 PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
     "enable.idempotence": True,
@@ -43,37 +41,7 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
     "compression.type": "lz4",
     "partitioner": "murmur2_random",
 }
-# Errors about the message itself: resending can never work, so the record is set aside whole.
-_PERMANENT = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
-                        KafkaError.INVALID_RECORD})
 _TAKEN, _STOP = "taken", "stop"
-# A dead letter must fit where its record did not: raw bytes are cut to this (base64 grows them 4/3).
-DEADLETTER_RAW_MAX = 64 * 1024
-
-
-def _spool_full_alarm(device: str, why: str) -> tuple[bytes, bytes]:
-    from dwcore.agents.watcher import agent_user
-    from dwcore.schemas.event import Activity, Attribution, Source, make_event
-
-    user = agent_user()
-    ev = make_event(Activity.OTHER, uid=uuid.uuid4().hex, time=int(time.time() * 1000), user_name=user,
-                    attribution=Attribution.AGENT, device=device, source=Source.AGENT, file_path=device,
-                    alarm="spool_full",
-                    message=(f"The agent's spool is full ({why}): new events are held in memory only and a "
-                             "crash now would lose them. Restore the connection to Kafka or free disk space."))
-    return user.encode(), encode(ev)
-
-
-def encode_records(events: Sequence[AccessEvent]) -> list[tuple[bytes, bytes]]:
-    """(key, value) per event: the user name and the JSON. Raw bytes in a text field would make the
-    encoder raise for the whole batch and the watcher retry it forever: such a batch is encoded
-    again with those events in the lossless escaped form (one encode per event when, as nearly
-    always, nothing needs it)."""
-    enc = _encoder.encode
-    try:
-        return [(e.user_name.encode(), enc(e)) for e in events]
-    except UnicodeEncodeError:
-        return [(e.user_name.encode(), enc(e)) for e in encodable_events(list(events))]
 
 
 def _next_id(rid: RecordId | None) -> RecordId | None:
@@ -108,7 +76,7 @@ class KafkaPublisher:
         # librdkafka's own log lines go through logging, not straight to stderr.
         self._producer = Producer(conf, logger=logging.getLogger(f"{__name__}.librdkafka"))
         limit = int(conf.get("message.max.bytes", 1_000_000))
-        self._deadletter_raw_max = max(256, min(DEADLETTER_RAW_MAX, (limit - 2048) * 3 // 4))
+        self._deadletter_raw_max = raw_max_for(limit)
         self._budget_s = produce_budget_s
         self._backoff = backoff or Backoff(0.5, 10.0)
         self._service_interval_s = service_interval_s
@@ -126,6 +94,8 @@ class KafkaPublisher:
         self._closed = False
         self._counters = {"published": 0, "acked": 0, "errors": 0, "resent": 0, "rejected": 0, "lost": 0,
                           "spool_full": 0}
+        self._letters = DeadLetters(self._producer, topic, deadletter_topic, device, self._deadletter_raw_max,
+                                    self._counters)
         replay = self._spool.pending
         if replay:
             log.info("spool_replay %s", kv(topic=topic, pending=replay))
@@ -172,7 +142,7 @@ class KafkaPublisher:
                 if self._spool_full_since is None:
                     # Loud, once per episode: an alarm event goes out with the batch (from memory).
                     self._spool_full_since = time.time()
-                    self._mem_waiting.append(_spool_full_alarm(self.device, str(exc)))
+                    self._mem_waiting.append(spool_full_alarm(self.device, str(exc)))
                 self._mem_waiting.extend(records)
                 self._pump(time.monotonic() + self._budget_s)
                 return
@@ -325,7 +295,7 @@ class KafkaPublisher:
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 self._counters["errors"] += 1
-                if isinstance(err, KafkaError) and err.code() in _PERMANENT:
+                if isinstance(err, KafkaError) and err.code() in PERMANENT:
                     return err
                 log.warning("produce_failed %s", kv(topic=self.topic, error=exc, action="retry_later"))
                 self._retry_after = time.monotonic() + self._backoff.next()
@@ -353,7 +323,7 @@ class KafkaPublisher:
             self._recovered()
             return
         self._counters["errors"] += 1
-        if err.code() in _PERMANENT and msg is not None:
+        if err.code() in PERMANENT and msg is not None:
             self._inflight.add(rid)
             self._dead_letter(err, msg.key(), msg.value(), functools.partial(self._on_deadletter_delivery, rid))
             return
@@ -372,7 +342,7 @@ class KafkaPublisher:
             self._recovered()
             return
         self._counters["errors"] += 1
-        if err.code() in _PERMANENT:
+        if err.code() in PERMANENT:
             self._dead_letter(err, key, value, functools.partial(self._on_mem_deadletter, key, value))
             return
         self._retry_memory(key, value, err)
@@ -396,52 +366,25 @@ class KafkaPublisher:
             self._failing = False
             log.info("delivery_recovered %s", kv(topic=self.topic, pending=self._spool.pending))
 
-    # dead letters: a record Kafka refuses for good goes to the dead-letter topic with the reason
+    # dead letters (agents/deadletters.py): the record settles once its dead letter is acked
 
     def _dead_letter(self, err: KafkaError, key: bytes | None, value: bytes | None,
                      on_done: functools.partial) -> None:
-        raw = value or b""
-        reason = f"kafka refused the message on {self.topic}: {err.str()}"
-        if len(raw) > self._deadletter_raw_max:
-            reason += f"; raw cut to its first {self._deadletter_raw_max} of {len(raw)} bytes"
-            raw = raw[: self._deadletter_raw_max]
-        letter = DeadLetter(raw=raw, key=key, reason=reason, source=f"agent:{self.device}",
-                            time=int(time.time() * 1000))
-        try:
-            self._producer.produce(self.deadletter_topic, value=encode(letter), key=key, on_delivery=on_done)
-        except BufferError:
-            on_done(KafkaError(KafkaError._QUEUE_FULL), None)
-        except KafkaException as exc:
-            failure = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else KafkaError(
-                KafkaError._FAIL, str(exc))
-            on_done(failure, None)
-
-    def _deadletter_outcome(self, err: KafkaError | None) -> bool:
-        """True when the record is settled (its dead letter delivered, or even that refused)."""
-        if err is None:
-            self._counters["rejected"] += 1
-            log.error("record_deadlettered %s", kv(topic=self.topic, deadletter_topic=self.deadletter_topic))
-            return True
-        self._counters["errors"] += 1
-        if err.code() in _PERMANENT:
-            # Even the cut-down dead letter was refused: nothing left to try; say so loudly.
-            self._counters["lost"] += 1
-            log.error("record_lost %s", kv(topic=self.topic, deadletter_topic=self.deadletter_topic,
-                                           error=err.str()))
-            return True
-        return False
+        self._letters.send(err, key, value, on_done)
 
     def _on_deadletter_delivery(self, rid: RecordId, err: KafkaError | None, msg: Message | None) -> None:
-        self._inflight.discard(rid)
-        if self._deadletter_outcome(err):
-            self._acks.append(rid)
-        else:
-            assert err is not None
-            self._retry_spooled(rid, err)
+        with self._lock:
+            self._inflight.discard(rid)
+            if self._letters.settled(err):
+                self._acks.append(rid)
+            else:
+                assert err is not None
+                self._retry_spooled(rid, err)
 
     def _on_mem_deadletter(self, key: bytes, value: bytes, err: KafkaError | None, msg: Message | None) -> None:
-        if self._deadletter_outcome(err):
-            self._mem_inflight -= 1
-        else:
-            assert err is not None
-            self._retry_memory(key, value, err)
+        with self._lock:
+            if self._letters.settled(err):
+                self._mem_inflight -= 1
+            else:
+                assert err is not None
+                self._retry_memory(key, value, err)
