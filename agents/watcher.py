@@ -36,6 +36,22 @@ from dwcore.schemas.paths import clean_text, fs_name_text, names_text
 
 log = logging.getLogger(__name__)
 
+
+def join_while_progressing(thread: threading.Thread, timeout: float, progress: Callable[[], int]) -> None:
+    """Joins a dispatcher at stop for as long as it keeps handing events on: a backlog after a
+    burst can take longer than ``timeout`` to go out, and stopping under it (the publisher closed
+    behind it) would cost those events. Gives up only after ``timeout`` without any progress."""
+    last = progress()
+    while True:
+        thread.join(timeout)
+        if not thread.is_alive():
+            return
+        now = progress()
+        if now == last:
+            log.error("dispatcher_stuck_at_stop %s", kv(thread=thread.name, timeout_s=timeout, handed_on=now))
+            return
+        last = now
+
 FLUSH_INTERVAL_S = 0.05
 MAX_BATCH = 1000
 ALARM_QUEUE_OVERFLOW = "queue_overflow"
@@ -161,7 +177,7 @@ class FileWatcher:
         with self._lock:
             self._lock.notify_all()
         if self._dispatcher is not None:
-            self._dispatcher.join(timeout)
+            join_while_progressing(self._dispatcher, timeout, lambda: self.counters["emitted"] + self.counters["lost"])
             self._dispatcher = None
         log.info("watch_stopped device=%s %s", self.device,
                  " ".join(f"{k}={v}" for k, v in self.counters.items()))
