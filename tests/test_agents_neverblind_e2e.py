@@ -25,11 +25,11 @@ from tests.test_agents_kafka import consume
 pytestmark = pytest.mark.kafka
 
 
-def _agent(config, share: Path):
+def _agent(config, share: Path, flush_timeout_s: float = 10.0):
     stop, ready = threading.Event(), threading.Event()
     result: dict = {}
     t = threading.Thread(target=lambda: result.update(
-        run_file_agent(config, [str(share)], stop, ready.set, tune_inotify=False)))
+        run_file_agent(config, [str(share)], stop, ready.set, tune_inotify=False, flush_timeout_s=flush_timeout_s)))
     t.start()
     assert ready.wait(30)
     return stop, t, result
@@ -111,7 +111,9 @@ def test_burst_with_the_broker_killed_in_the_middle_arrives_exactly_once(private
     config = load_config(overrides={"data_dir": str(tmp_path / "data"), "agent": {"device": "fs01"},
                                     "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix, "partitions": 3}},
                          env={})
-    stop, t, result = _agent(config, share)
+    # At stop the agent waits (up to 3 min) for the restarted broker to take the spool: on a loaded
+    # machine a broker restart alone can take longer than the default 10 s.
+    stop, t, result = _agent(config, share, flush_timeout_s=180)
     try:
         for i in range(N_FILES):
             (share / f"f{i:06d}.txt").write_bytes(b"x")
@@ -124,7 +126,7 @@ def test_burst_with_the_broker_killed_in_the_middle_arrives_exactly_once(private
                 ctl("restart", "1")
     finally:
         stop.set()
-        t.join(180)
+        t.join(400)
     assert not t.is_alive()
     assert result["publisher_spooled_pending"] == 0, result
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g{uuid.uuid4().hex}",
