@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dwcore.agents import inotify_lean as ino
 from dwcore.agents.attribution import OwnerResolver
 from dwcore.agents.blindspots import BlindSpots
-from dwcore.agents.watcher import ALARM_QUEUE_OVERFLOW, agent_user, join_while_progressing
+from dwcore.agents.watcher import ALARM_QUEUE_OVERFLOW, STUCK_S, agent_user, join_while_progressing
 from dwcore.logfmt import kv
 from dwcore.schemas.event import AccessEvent, Activity, Attribution, Source, make_event
 from dwcore.schemas.paths import name_text
@@ -109,7 +109,8 @@ class LeanWatcher:
         with self._cv:
             self._cv.notify_all()
         if self._dispatcher is not None:
-            join_while_progressing(self._dispatcher, timeout, lambda: self.counters["emitted"] + self.counters["lost"])
+            join_while_progressing(self._dispatcher, max(timeout, STUCK_S),
+                                   lambda: self.counters["emitted"] + self.counters["lost"])
             self._dispatcher = None
         if self._ino is not None:
             self._ino.close()

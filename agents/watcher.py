@@ -37,6 +37,11 @@ from dwcore.schemas.paths import clean_text, fs_name_text, names_text
 log = logging.getLogger(__name__)
 
 
+# One batch handed on at stop may take long on a loaded machine (an fsync behind other I/O took
+# over 10 s here): only this long without any batch going out counts as stuck.
+STUCK_S = 60.0
+
+
 def join_while_progressing(thread: threading.Thread, timeout: float, progress: Callable[[], int]) -> None:
     """Joins a dispatcher at stop for as long as it keeps handing events on: a backlog after a
     burst can take longer than ``timeout`` to go out, and stopping under it (the publisher closed
@@ -177,7 +182,8 @@ class FileWatcher:
         with self._lock:
             self._lock.notify_all()
         if self._dispatcher is not None:
-            join_while_progressing(self._dispatcher, timeout, lambda: self.counters["emitted"] + self.counters["lost"])
+            join_while_progressing(self._dispatcher, max(timeout, STUCK_S),
+                                   lambda: self.counters["emitted"] + self.counters["lost"])
             self._dispatcher = None
         log.info("watch_stopped device=%s %s", self.device,
                  " ".join(f"{k}={v}" for k, v in self.counters.items()))
