@@ -123,6 +123,10 @@ class _Run:
     def close(self, key: str, inc: Incident) -> None:
         """Closing version with final counts; the next burst must cross thresholds on its own."""
         inc.closed = True
+        if not inc.version and inc.target:
+            # Opened and gone quiet within this one batch (a backlog replayed after downtime, say):
+            # it still pages first, then closes, instead of vanishing unannounced.
+            self.emit(inc, "open")
         if inc.version:
             self.emit(inc, "closed")
         self.touched.pop(key, None)
