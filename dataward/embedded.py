@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 TAKE_MAX = 5_000
 TAKE_WITHIN_S = 0.05
 CLOSE_EVERY_S = 5.0  # how often quiet incidents get their closing version
+ALERT_ROWS_FLUSH_S = 0.2
 
 
 class BackupHook(Protocol):
@@ -56,6 +57,16 @@ class BackupHook(Protocol):
 
     def on_alert(self, alert: Alert) -> object: ...
     def on_events(self, events: Sequence[AccessEvent]) -> None: ...
+
+
+def _log_timing(events: Sequence[AccessEvent], alerts: Sequence[Alert], taken: float, detected: float) -> None:
+    """Where an alert's time went (epoch ms): the newest event of its batch seen by the watcher,
+    the batch taken by detection, detected, and handed to every subscriber (console, JSONL)."""
+    emitted, seen = int(time.time() * 1000), max(ev.time for ev in events)
+    for a in alerts:
+        log.info("alert_timing %s", kv(uid=a.uid, version=a.version, severity=a.severity, events=len(events),
+                                       seen_ms=seen, taken_ms=int(taken * 1000),
+                                       detected_ms=int(detected * 1000), emitted_ms=emitted))
 
 
 class EmbeddedPipeline:
@@ -91,6 +102,7 @@ class EmbeddedPipeline:
         self._guard: BlindGuard | None = None
         self._sealer: Sealer | None = None
         self._deliveries: Batcher[Delivery] | None = None
+        self._alert_rows: Batcher[Alert] | None = None
         self._router: AlertRouter | None = None
         # In-process subscription: called for every alert once it is safe in the outbox (the
         # built-in sinks first: backup halt, console, JSONL, store; add yours with subscribe()).
@@ -134,6 +146,16 @@ class EmbeddedPipeline:
             name="deliveries",
         )
         self._deliveries.start()
+        # The alerts table is written from its own thread: a chDB insert (~17 ms, ~180 ms cold, whole
+        # seconds on a loaded machine) in the detecting thread would hold back the next batch's alert.
+        self._alert_rows = Batcher(
+            store.writer.insert_alerts,
+            batch_rows=1_000,
+            flush_interval_s=ALERT_ROWS_FLUSH_S,
+            on_permanent=lambda rows, exc: keeper.failed(ALERTS_TABLE, rows, exc),
+            name="alerts",
+        )
+        self._alert_rows.start()
         if self.config.alerts_jsonl:
             self._jsonl = AlertJsonlWriter(self.config.alerts_jsonl)
         self.alert_callbacks.insert(0, self._emit_alert)
@@ -240,6 +262,7 @@ class EmbeddedPipeline:
 
     def _process(self, logged: list[Logged]) -> None:
         assert self._batcher is not None and self._store is not None
+        taken = time.time()
         # Raw bytes in a name were repaired to the lossless escaped form when they were logged.
         events = [e for _, e in logged]
         self._retry_jsonl()
@@ -248,7 +271,11 @@ class EmbeddedPipeline:
         assert self._router is not None
         for user, user_events in group_by_user(events).items():
             # Durable in the outbox before the user's state moves on; then every subscriber on its own.
-            self._router.publish(self._detect_user(user, user_events))
+            alerts = self._detect_user(user, user_events)
+            detected = time.time()
+            self._router.publish(alerts)
+            if alerts:
+                _log_timing(user_events, alerts, taken, detected)
         if self.backup:  # after detection: a batch that raised an alert has already halted the backup
             self.backup.on_events(events)
         self._batcher.add_many(logged)
@@ -294,11 +321,8 @@ class EmbeddedPipeline:
         if self._jsonl:
             self._unwritten.append(alert)
             self._retry_jsonl()
-        try:
-            self._store.writer.insert_alerts([alert])
-        except Exception as exc:
-            # The alert already reached the console and JSONL; the table gets it on replay.
-            self._keeper.failed(ALERTS_TABLE, [alert], exc)
+        assert self._alert_rows is not None
+        self._alert_rows.add(alert)  # what the store cannot take is parked and replayed
 
     def _retry_jsonl(self) -> None:
         if not self._unwritten or self._jsonl is None:
@@ -328,6 +352,9 @@ class EmbeddedPipeline:
         if self._deliveries and not self._deliveries.close() and self._keeper:
             attempts = self._deliveries.take_pending()
             self._keeper.failed(DELIVERIES_TABLE, attempts, StoreUnavailable("store unavailable at shutdown"))
+        if self._alert_rows and not self._alert_rows.close() and self._keeper:
+            rows = self._alert_rows.take_pending()
+            self._keeper.failed(ALERTS_TABLE, rows, StoreUnavailable("store unavailable at shutdown"))
         if self._batcher and not self._batcher.close() and self._keeper:
             self._events_failed(self._batcher.take_pending(), StoreUnavailable("store unavailable at shutdown"))
         if self._wal:
