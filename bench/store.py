@@ -6,15 +6,23 @@ All three write the same schema into tables of their own in one fresh chDB direc
 - baseline (a): the same events as JSONEachRow bytes (what arrives from Kafka), passed straight
   through ``raw_insert``; the wire's epoch-ms ``time`` is converted in the engine by a Null-engine
   landing table and a materialized view; checked row for row against the Store's table;
-- baseline (b): the engine alone, ``INSERT INTO ... SELECT`` generating similar rows from numbers();
+- baseline (b): the engine alone, ``INSERT INTO ... SELECT`` generating similar rows from numbers(),
+  into a bare copy of the events table, and (c) the same into the full events schema of a store
+  (projection ``by_source``, materialized views ``events_by_path`` and ``user_minute``): (c) is the
+  ceiling for anything that writes the forensic store on this machine, whatever the client does;
 - end to end: the same events as JSON messages in a Kafka topic (6 partitions, produced before the
   clock starts), consumed by the distributed sink (``ClickHouseSink``: batching, replay guard,
   positions, custody sealing) into a database of its own in the same chDB; checked row for row
   against the Store's table. Needs Kafka (KAFKA_BOOTSTRAP, else the project's broker is started).
+  The sink's own stage timings (consume, decode, insert, commit, seal) show where its time goes.
+
+Every row carries the 1-minute load average at its end: on a shared machine the absolute rates
+mean little without it, the same-run ratios are what carry over.
 """
 from __future__ import annotations
 
 import gc
+import os
 import tempfile
 import threading
 import time
@@ -45,6 +53,7 @@ BENCH = "store"
 BATCH = 10_000
 DB = "dataward"
 WARM_DB = "bench_warm"
+CEILING_DB = "bench_ceiling"
 JSON_TABLE, LANDING, SELECT_TABLE = "events_json", "events_json_landing", "events_select"
 
 
@@ -75,7 +84,7 @@ def landing_ddl(db: str = DB) -> list[str]:
 
 
 # Rows like the workload's: 50 users, mixed activities, paths of similar length; one in ten a rename.
-GENERATE_SQL = f"""INSERT INTO {DB}.{SELECT_TABLE} (uid, time, activity_id, activity_name, user_name, user_uid,
+GENERATE_SQL = """INSERT INTO {target} (uid, time, activity_id, activity_name, user_name, user_uid,
     attribution, device, source, share, file_path, file_new_path, file_size, bytes_written, entropy, mime_type,
     alarm, message, class_uid)
 SELECT lower(concat(hex(cityHash64(number, 'a')), hex(cityHash64(number, 'b')))) AS uid,
@@ -97,6 +106,10 @@ SELECT lower(concat(hex(cityHash64(number, 'a')), hex(cityHash64(number, 'b'))))
        if(number % 10 IN (3, 4, 5, 6), cityHash64(number, 'w') % 65536, NULL) AS bytes_written,
        NULL AS entropy, NULL AS mime_type, NULL AS alarm, NULL AS message, 1001 AS class_uid
 FROM numbers({{n:UInt64}})"""
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 def count(store: Store, table: str) -> int:
@@ -129,7 +142,10 @@ def run(events: int, console: Console) -> list[Result]:
                 client.command(stmt)
             warm.insert_events(workload[:BATCH])
             client.raw_insert(f"{WARM_DB}.{LANDING}", insert_block=json_batches[0], fmt="JSONEachRow")
+            ceiling = StoreWriter(store._backend, CEILING_DB, 400, store.label)
+            ceiling.ensure_schema()
             gc.collect()
+            loads: dict[str, str] = {}
             with progress(console) as prog:
                 task = prog.add_task("Store.insert_events", total=n)
                 t0 = time.perf_counter()
@@ -137,6 +153,7 @@ def run(events: int, console: Console) -> list[Result]:
                     store.writer.insert_events(batch)
                     prog.advance(task, len(batch))
                 store_s = time.perf_counter() - t0
+                loads["store"] = load()
                 gc.collect()
 
                 task = prog.add_task("raw_insert JSONEachRow", total=n)
@@ -145,11 +162,17 @@ def run(events: int, console: Console) -> list[Result]:
                     client.raw_insert(f"{DB}.{LANDING}", insert_block=body, fmt="JSONEachRow")
                     prog.advance(task, body.count(b"\n") + 1)
                 json_s = time.perf_counter() - t0
+                loads["json"] = load()
             gc.collect()
 
             t0 = time.perf_counter()
-            client.command(GENERATE_SQL, parameters={"n": n})
+            client.command(GENERATE_SQL.format(target=f"{DB}.{SELECT_TABLE}"), parameters={"n": n})
             select_s = time.perf_counter() - t0
+            loads["select"] = load()
+            t0 = time.perf_counter()
+            client.command(GENERATE_SQL.format(target=f"{CEILING_DB}.{EVENTS_TABLE}"), parameters={"n": n})
+            ceiling_s = time.perf_counter() - t0
+            loads["ceiling"] = load()
 
             counts = {t: count(store, t) for t in (EVENTS_TABLE, JSON_TABLE, SELECT_TABLE)}
             if set(counts.values()) != {n}:
@@ -158,19 +181,27 @@ def run(events: int, console: Console) -> list[Result]:
             same_rows = same_fp == fingerprint(store, JSON_TABLE)
         finally:
             store.close()
-        sink_s, sink_same = end_to_end(workload, tmp, console)
+        sink_s, sink_same, stages = end_to_end(workload, tmp, console)
+        loads["sink"] = load()
     results = [
         timed_result(BENCH, "Kafka -> ClickHouseSink -> chDB (end to end, 50k/batch)", n, sink_s,
-                     extra={"same rows as Store": "yes" if sink_same == same_fp else "NO"}),
-        timed_result(BENCH, "Store.insert_events (structs, 10k/batch)", n, store_s),
+                     extra={"same rows as Store": "yes" if sink_same == same_fp else "NO", "load": loads["sink"]}),
+        timed_result(BENCH, "Store.insert_events (structs, 10k/batch)", n, store_s, extra={"load": loads["store"]}),
         timed_result(BENCH, "(a) raw_insert JSONEachRow bytes (10k/batch)", n, json_s, baseline=True,
-                     extra={"same rows as Store": "yes" if same_rows else "NO"}),
-        timed_result(BENCH, "(b) engine INSERT ... SELECT FROM numbers()", n, select_s),
+                     extra={"same rows as Store": "yes" if same_rows else "NO", "load": loads["json"]}),
+        timed_result(BENCH, "(b) engine INSERT ... SELECT FROM numbers(), bare table", n, select_s,
+                     extra={"load": loads["select"]}),
+        timed_result(BENCH, "(c) engine INSERT ... SELECT, full events schema (ceiling)", n, ceiling_s,
+                     extra={"load": loads["ceiling"]}),
     ]
     with_rate_ratios(results)
-    engine = results[3].rate or 1.0
+    ceiling_rate = results[4].rate or 1.0
     for r in results:
-        r.extra["vs (b) engine"] = f"{(r.rate or 0) / engine:.2f}x"
+        r.extra["vs (c) ceiling"] = f"{(r.rate or 0) / ceiling_rate:.2f}x"
+    total = sum(stages.values()) or 1.0
+    for stage, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
+        results.append(Result(bench=BENCH, name=f"  sink stage: {stage}", count=n, seconds=seconds, rate=None,
+                              extra={"share of sink time": f"{seconds / total:.0%}"}))
     return results
 
 
@@ -178,8 +209,9 @@ SINK_DB = "bench_sink"
 SINK_BATCH = 50_000
 
 
-def end_to_end(workload: list[AccessEvent], tmp: str, console: Console) -> tuple[float, int]:
-    """Seconds for the sink to take every event from Kafka into chDB; and its table's fingerprint."""
+def end_to_end(workload: list[AccessEvent], tmp: str, console: Console) -> tuple[float, int, dict[str, float]]:
+    """Seconds for the sink to take every event from Kafka into chDB; its table's fingerprint; the
+    sink's seconds per stage."""
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient
 
@@ -223,7 +255,9 @@ def end_to_end(workload: list[AccessEvent], tmp: str, console: Console) -> tuple
                 before = sink.counters.inserted_into(EVENTS_TABLE)
                 sink.poll(0.2)
                 prog.advance(task, sink.counters.inserted_into(EVENTS_TABLE) - before)
+            t1 = time.perf_counter()
             sink.sealer.tick(force=True)
+            sink.counters.timed("seal", t1)
             sink_s = time.perf_counter() - t0
         stored = int(store.reader.query(f"SELECT count() FROM {SINK_DB}.{EVENTS_TABLE}").rows[0][0])
         if stored != n:
@@ -234,7 +268,7 @@ def end_to_end(workload: list[AccessEvent], tmp: str, console: Console) -> tuple
     finally:
         consumer.close()
         store.close()
-    return sink_s, fp
+    return sink_s, fp, dict(sink.counters.seconds)
 
 
 def report(console: Console, results: list[Result]) -> None:

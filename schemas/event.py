@@ -39,10 +39,11 @@ class Activity(enum.IntEnum):
     def label(self) -> str:
         """OCSF activity_name: 'Create', 'Set Attributes', ..."""
         # Looked up, not rebuilt: it runs twice for every event an agent builds.
-        return _LABELS.get(self) or self.name.replace("_", " ").title()
+        # Keyed by the plain int: hashing the enum member itself is a Python-level call.
+        return _LABELS.get(self._value_) or self.name.replace("_", " ").title()
 
 
-_LABELS: dict[int, str] = {a: a.name.replace("_", " ").title() for a in Activity}
+_LABELS: dict[int, str] = {a._value_: a.name.replace("_", " ").title() for a in Activity}
 
 
 class Attribution(enum.StrEnum):
@@ -69,7 +70,10 @@ Entropy = Annotated[float, msgspec.Meta(ge=0.0, le=8.0)]  # bits per byte
 Ratio = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
-class AccessEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+# gc=False: every field is a scalar, so an event can never be part of a reference cycle; untracked,
+# the 50k events of a sink batch no longer make each garbage-collector pass walk all of them.
+class AccessEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, omit_defaults=True,
+                  gc=False):
     """Who did what to which file or object, when and how.
 
     ``alarm`` is set on events the agent raises about itself (e.g. ``queue_overflow``: the kernel

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -109,17 +110,39 @@ class Backend(Protocol):
 
 
 class _ClientWriter:
-    """Writes through one clickhouse-connect client; shared by both backends."""
+    """Writes through one clickhouse-connect client; shared by both backends.
+
+    One InsertContext per (table, columns), made once with the column types given (no DESCRIBE
+    round trip) and reused for every batch; a lock per context keeps threads that insert into the
+    same table (the embedded mode's batchers, alert router, replay) from sharing its state.
+    """
 
     def __init__(self, client: Any, label: str) -> None:
         self._client = client
         self._label = label
+        self._contexts: dict[tuple[str, tuple[str, ...]], tuple[Any, threading.Lock]] = {}
+        self._contexts_lock = threading.Lock()
+        self.contexts_made = 0  # telemetry: stays at one per table however many batches
 
     def command(self, sql: str) -> None:
         try:
             self._client.command(sql)
         except Exception as exc:
             raise classify(exc, f"command on {self._label}") from exc
+
+    def _context(self, table: str, names: Sequence[str], types: Sequence[Any]) -> tuple[Any, threading.Lock]:
+        key = (table, tuple(names))
+        found = self._contexts.get(key)
+        if found is not None:
+            return found
+        with self._contexts_lock:
+            found = self._contexts.get(key)
+            if found is None:
+                context = self._client.create_insert_context(
+                    table, column_names=list(names), column_types=list(types), column_oriented=True)
+                found = self._contexts[key] = (context, threading.Lock())
+                self.contexts_made += 1
+            return found
 
     def insert(
         self,
@@ -129,17 +152,19 @@ class _ClientWriter:
         columns: Sequence[Sequence[Any]],
         settings: Mapping[str, str],
     ) -> None:
-        from clickhouse_connect.driver.insert import InsertContext
-
-        # Column types are given, so no DESCRIBE round trip; a fresh context per batch costs
-        # nothing and keeps concurrent inserts from sharing mutable state.
-        context = InsertContext(
-            table, list(names), list(types), data=columns, column_oriented=True, settings=dict(settings)
-        )
         try:
-            self._client.data_insert(context)
+            context, lock = self._context(table, names, types)
         except Exception as exc:
             raise classify(exc, f"insert into {table} on {self._label}") from exc
+        with lock:
+            context.settings = dict(settings)  # the dedup token is per batch
+            context.data = columns
+            try:
+                self._client.data_insert(context)
+            except Exception as exc:
+                raise classify(exc, f"insert into {table} on {self._label}") from exc
+            finally:
+                context.data = None  # do not keep the batch alive until the next one
 
     def close(self) -> None:
         try:

@@ -13,6 +13,7 @@ custody blocks (``sinks.custody``). The process wiring (consumer loop, query end
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from dwcore.backoff import Backoff
 from dwcore.logfmt import kv
-from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event
+from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event, decode_events
 from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, EVENTS_TABLE, HEARTBEAT_COLUMNS, HEARTBEATS_TABLE
 from dwcore.schemas.deadletter import DeadLetter, dead_letter
 from dwcore.schemas.heartbeat import decode_heartbeat
@@ -49,6 +50,12 @@ class SinkCounters(msgspec.Struct):
     commits: int = 0
     retries: int = 0
     errors: int = 0
+    # Where the time goes, per stage: consume (Kafka), decode (validate, group, replay guard),
+    # insert (columns, wire encoding and the engine), commit, seal (custody blocks).
+    seconds: dict[str, float] = msgspec.field(default_factory=dict)
+
+    def timed(self, stage: str, since: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - since
 
     def inserted_into(self, table: str) -> int:
         return self.inserted.get(table, 0)
@@ -57,7 +64,10 @@ class SinkCounters(msgspec.Struct):
         fields: dict[str, int] = {"received": self.received}
         fields.update({f"inserted_{table}": n for table, n in sorted(self.inserted.items())})
         fields.update(deadlettered=self.deadlettered, commits=self.commits, retries=self.retries, errors=self.errors)
-        return kv(**fields)
+        line = kv(**fields)
+        if self.seconds:
+            line += " " + kv(**{f"s_{stage}": f"{s:.2f}" for stage, s in sorted(self.seconds.items())})
+        return line
 
 
 class Route(NamedTuple):
@@ -67,6 +77,8 @@ class Route(NamedTuple):
     decode: Callable[[bytes], Any]
     insert: Callable[..., int]  # (records, dedup_token=...) -> rows inserted
     on_stored: Callable[[list[Any]], None] | None = None  # after the insert, before the commit
+    # A whole partition's messages at once (raises DecodeError if any fails; then one by one).
+    decode_many: Callable[[list[bytes | None]], list[Any]] | None = None
 
 
 def _now_ms() -> int:
@@ -116,7 +128,7 @@ class ClickHouseSink:
         self.events_prefix = f"{topics.events}:"
         self.positioned = {topics.events, topics.deadletter}  # rows that record their Kafka position
         self.routes: dict[str, Route] = {
-            topics.events: Route(EVENTS_TABLE, decode_event, writer.insert_events),
+            topics.events: Route(EVENTS_TABLE, decode_event, writer.insert_events, decode_many=decode_events),
             topics.alerts: Route(ALERTS_TABLE, decode_alert, _without_positions(writer.insert_alerts),
                                  alert_writer.write_many if alert_writer is not None else None),
             topics.deadletter: Route(DEADLETTER_TABLE, decode_deadletter, writer.insert_deadletters),
@@ -149,7 +161,9 @@ class ClickHouseSink:
     # -- batching -------------------------------------------------------------------------
 
     def add(self, msgs: Sequence[Message]) -> None:
-        for msg in msgs:
+        pending = self.pending
+        added = 0
+        for msg in msgs:  # the per-message loop of the sink: kept to a few C calls
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -159,9 +173,15 @@ class ClickHouseSink:
                 self.counters.errors += 1
                 log.warning("consume_error %s", kv(error=err))
                 continue
-            self.pending.setdefault((msg.topic(), msg.partition()), []).append(msg)
-            self.pending_rows += 1
-            self.counters.received += 1
+            key = (msg.topic(), msg.partition())
+            group = pending.get(key)
+            if group is None:
+                group = pending[key] = []
+            group.append(msg)
+            added += 1
+        if added:
+            self.pending_rows += added
+            self.counters.received += added
             if self._oldest is None:
                 self._oldest = self._now()
 
@@ -175,14 +195,18 @@ class ClickHouseSink:
     def poll(self, timeout_s: float = CONSUME_TIMEOUT_S) -> None:
         """One turn of the loop. Polls even while paused: that is what keeps the group membership."""
         want = 1 if self.paused else max(1, self.batch_rows - self.pending_rows)
+        started = time.perf_counter()
         msgs = self.consumer.consume(num_messages=want, timeout=timeout_s)
         if msgs:
             self.add(msgs)
+            self.counters.timed("consume", started)  # an idle wait for messages is not a cost
         if self.due():
             self.flush()
         if self.sealer is not None and not self.paused:
+            started = time.perf_counter()
             try:
-                self.sealer.tick()
+                if self.sealer.tick():
+                    self.counters.timed("seal", started)
             except StoreFailure as exc:  # both kinds: sealing catches up on a later tick
                 log.warning("custody_seal_failed %s", kv(error=exc))
 
@@ -205,13 +229,19 @@ class ClickHouseSink:
         groups = self.pending
         sources = [_src(t, p) for (t, p) in groups if t in self.positioned]
         try:
+            started = time.perf_counter()
             batches = self._prepare(groups)
+            self.counters.timed("decode", started)
+            started = time.perf_counter()
             for table, batch in batches.items():
                 self._store(table, batch)
+            self.counters.timed("insert", started)
         except StoreUnavailable as exc:
             self._backpressure(exc, sources)
             return False
+        started = time.perf_counter()
         self._commit(groups)
+        self.counters.timed("commit", started)
         self.pending, self.pending_rows, self._oldest = {}, 0, None
         self.backoff.reset()
         self._retry_at = 0.0
@@ -234,6 +264,12 @@ class ClickHouseSink:
                     msgs = [m for m in msgs if m.offset() not in stored]
                     self.guard.skipped += before - len(msgs)
             batch = batches.setdefault(route.table, _Batch(route))
+            if route.decode_many is not None and msgs:
+                try:
+                    batch.extend(route.decode_many([m.value() for m in msgs]), msgs, src)
+                    continue
+                except DecodeError:
+                    pass  # one by one below: which messages, and why
             dead = batches.setdefault(DEADLETTER_TABLE, _Batch(self.routes[self._dl_topic()]))
             for msg in msgs:
                 raw = msg.value()
@@ -272,8 +308,9 @@ class ClickHouseSink:
     def _insert_or_refuse(self, route: Route, records: list[Any], msgs: list[Message], srcs: list[str]) -> set[int]:
         """Insert; if the store refuses, bisect down to the refused rows and dead-letter each with
         the store's reason. Returns the ids of the refused records."""
-        positions = (srcs, [m.offset() for m in msgs]) if msgs[0].topic() in self.positioned else None
-        token = _token(route.table, msgs)
+        offsets = [m.offset() for m in msgs]
+        positions = (srcs, offsets) if msgs[0].topic() in self.positioned else None
+        token = _token(route.table, srcs, offsets)
         try:
             route.insert(records, dedup_token=token, positions=positions)
             return set()
@@ -337,19 +374,35 @@ class _Batch:
         self.msgs.append(msg)
         self.srcs.append(src)
 
+    def extend(self, records: list[Any], msgs: Sequence[Message], src: str) -> None:
+        self.records.extend(records)
+        self.msgs.extend(msgs)
+        self.srcs.extend([src] * len(records))
+
 
 def _src(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def _token(table: str, msgs: Sequence[Message]) -> str:
-    """topic:partition:first-last per partition in the insert; hashed when it would grow long."""
-    spans: dict[tuple[str, int], list[int]] = {}
-    for m in msgs:
-        span = spans.setdefault((m.topic(), m.partition()), [m.offset(), m.offset(), 0])
-        span[0], span[1], span[2] = min(span[0], m.offset()), max(span[1], m.offset()), span[2] + 1
-    text = ",".join(f"{t}:{p}:{a}-{b}" + ("" if n == b - a + 1 else f"/{n}") for (t, p), (a, b, n) in
-                    sorted(spans.items()))
+def _token(table: str, srcs: Sequence[str], offsets: Sequence[int]) -> str:
+    """topic:partition:first-last per partition in the insert; hashed when it would grow long.
+    Rows of one partition come in runs (a batch is built partition by partition), so the spans
+    are found run by run, in C, not row by row."""
+    spans: dict[str, tuple[int, int, int]] = {}
+    start = 0
+    for src, run in itertools.groupby(srcs):
+        n = len(list(run))
+        part = offsets[start:start + n]
+        start += n
+        lo, hi, count = spans.get(src, (min(part), max(part), 0))
+        spans[src] = (min(lo, min(part)), max(hi, max(part)), count + n)
+
+    def order(src: str) -> tuple[str, int]:
+        topic, _, partition = src.rpartition(":")
+        return topic, int(partition)
+
+    text = ",".join(f"{src}:{a}-{b}" + ("" if n == b - a + 1 else f"/{n}") for src, (a, b, n) in
+                    sorted(spans.items(), key=lambda item: order(item[0])))
     if len(text) > 200:
         text = hashlib.sha256(text.encode()).hexdigest()
     return f"{table}:{text}"

@@ -1,14 +1,16 @@
 """The write side of the forensic store: schema, and columnar inserts of events, alerts, dead letters.
 
 Writes are column-oriented (one Python list per column, types given up front): per-row Python is
-what limits throughput, so rows are pivoted once with ``zip`` and never touched again. An insert
+what limits throughput, so rows are pivoted once, column by column in C, and never touched again. An insert
 may carry a dedup token (``topic:partition:first-last``) so that a replay is dropped by the engine.
 The read side is ``store_reader``.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from functools import cache
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -36,20 +38,28 @@ Columns = tuple[tuple[str, str], ...]
 Positions = tuple[Sequence[str], Sequence[int]]  # (_src, _offset) per row
 
 
+_LOW_CARDINALITY = re.compile(r"^LowCardinality\((.*)\)$")
+
+
+def wire_type(type_name: str) -> str:
+    """The type a column is sent as. LowCardinality columns go as their plain type: the engine
+    builds the dictionary in C++ on insert, where clickhouse-connect would build it in Python,
+    row by row, for every block (the largest client-side cost of an events insert)."""
+    found = _LOW_CARDINALITY.match(type_name)
+    return found.group(1) if found else type_name
+
+
 @cache
 def _types(columns: Columns) -> tuple[Any, ...]:
     from clickhouse_connect.datatypes.registry import get_from_name
 
-    return tuple(get_from_name(type_name) for _, type_name in columns)
+    return tuple(get_from_name(wire_type(type_name)) for _, type_name in columns)
 
 
 def _pivot(items: Sequence[msgspec.Struct], columns: Columns) -> list[Sequence[Any]]:
-    names = tuple(name for name, _ in columns)
-    fields = type(items[0]).__struct_fields__
-    if names == fields:
-        # Fast path: struct field order equals column order; astuple and zip run in C.
-        return list(zip(*map(msgspec.structs.astuple, items), strict=True))
-    return [[getattr(item, name) for item in items] for name in names]
+    # Column by column, map() and attrgetter in C: no per-row tuple is built, so the pivot costs
+    # no garbage-collector passes (zipping astuple()s was 2x slower for a 50k batch under GC).
+    return [list(map(attrgetter(name), items)) for name, _ in columns]
 
 
 class StoreWriter:
