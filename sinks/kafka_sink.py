@@ -12,8 +12,6 @@ custody blocks (``sinks.custody``). The process wiring (consumer loop, query end
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import threading
 import time
@@ -31,10 +29,11 @@ from dwcore.schemas.deadletter import DeadLetter, dead_letter
 from dwcore.schemas.heartbeat import decode_heartbeat
 from dwcore.schemas.topics import Topics
 from dwcore.sinks.custody import Sealer
-from dwcore.sinks.errors import StoreError, StoreFailure, StoreUnavailable
+from dwcore.sinks.errors import StoreFailure, StoreUnavailable
 from dwcore.sinks.jsonl import AlertJsonlWriter
 from dwcore.sinks.replay import ReplayGuard
 from dwcore.sinks.store_writer import StoreWriter
+from dwcore.sinks.stream_writer import dedup_token, insert_isolating
 
 log = logging.getLogger(__name__)
 
@@ -306,28 +305,28 @@ class ClickHouseSink:
             batch.route.on_stored(stored)
 
     def _insert_or_refuse(self, route: Route, records: list[Any], msgs: list[Message], srcs: list[str]) -> set[int]:
-        """Insert; if the store refuses, bisect down to the refused rows and dead-letter each with
-        the store's reason. Returns the ids of the refused records."""
+        """Insert; if the store refuses, halve down to the refused rows (``insert_isolating``, the
+        same in both modes) and dead-letter each with the store's reason. Returns the ids of the
+        refused records."""
         offsets = [m.offset() for m in msgs]
-        positions = (srcs, offsets) if msgs[0].topic() in self.positioned else None
-        token = _token(route.table, srcs, offsets)
-        try:
-            route.insert(records, dedup_token=token, positions=positions)
-            return set()
-        except StoreError as exc:
-            if len(records) > 1:
-                mid = len(records) // 2
-                return (self._insert_or_refuse(route, records[:mid], msgs[:mid], srcs[:mid])
-                        | self._insert_or_refuse(route, records[mid:], msgs[mid:], srcs[mid:]))
+        positioned = msgs[0].topic() in self.positioned
+
+        def insert(lo: int, hi: int) -> None:
+            route.insert(records[lo:hi], dedup_token=dedup_token(route.table, srcs[lo:hi], offsets[lo:hi]),
+                         positions=(srcs[lo:hi], offsets[lo:hi]) if positioned else None)
+
+        refused: set[int] = set()
+        for i, exc in insert_isolating(insert, len(records)):
             self.counters.errors += 1
-            log.error("insert_refused %s", kv(table=route.table, source=f"{srcs[0]}:{msgs[0].offset()}", error=exc))
-            if route.table == DEADLETTER_TABLE and records[0].reason.startswith("store refused"):
-                raise  # a refused dead letter cannot be parked in the dead-letter table: keep retrying
-            letter = _deadletter(msgs[0], f"store refused row: {exc}", _now_ms())
+            log.error("insert_refused %s", kv(table=route.table, source=f"{srcs[i]}:{offsets[i]}", error=exc))
+            if route.table == DEADLETTER_TABLE and records[i].reason.startswith("store refused"):
+                raise exc  # a refused dead letter cannot be parked in the dead-letter table: keep retrying
+            letter = _deadletter(msgs[i], f"store refused row: {exc}", _now_ms())
             dl_route = self.routes[self._dl_topic()]
-            self._insert_or_refuse(dl_route, [letter], msgs, srcs)
+            self._insert_or_refuse(dl_route, [letter], [msgs[i]], [srcs[i]])
             self.counters.deadlettered += 1
-            return {id(records[0])}
+            refused.add(id(records[i]))
+        return refused
 
     def _backpressure(self, exc: StoreUnavailable, sources: list[str]) -> None:
         self.counters.retries += 1
@@ -382,30 +381,6 @@ class _Batch:
 
 def _src(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
-
-
-def _token(table: str, srcs: Sequence[str], offsets: Sequence[int]) -> str:
-    """topic:partition:first-last per partition in the insert; hashed when it would grow long.
-    Rows of one partition come in runs (a batch is built partition by partition), so the spans
-    are found run by run, in C, not row by row."""
-    spans: dict[str, tuple[int, int, int]] = {}
-    start = 0
-    for src, run in itertools.groupby(srcs):
-        n = len(list(run))
-        part = offsets[start:start + n]
-        start += n
-        lo, hi, count = spans.get(src, (min(part), max(part), 0))
-        spans[src] = (min(lo, min(part)), max(hi, max(part)), count + n)
-
-    def order(src: str) -> tuple[str, int]:
-        topic, _, partition = src.rpartition(":")
-        return topic, int(partition)
-
-    text = ",".join(f"{src}:{a}-{b}" + ("" if n == b - a + 1 else f"/{n}") for src, (a, b, n) in
-                    sorted(spans.items(), key=lambda item: order(item[0])))
-    if len(text) > 200:
-        text = hashlib.sha256(text.encode()).hexdigest()
-    return f"{table}:{text}"
 
 
 def _without_positions(insert: Callable[..., int]) -> Callable[..., int]:

@@ -7,7 +7,9 @@
   parked on disk, one JSON-lines file per batch written atomically, and replayed into their table
   when the store answers again (``Replayer``), in the order they were parked. A replay carries a
   dedup token named after its file, so a crash between the insert and the file's removal does
-  not insert the rows twice.
+  not insert the rows twice. Parked events go back through the embedded stream's writer
+  (``sinks.stream_writer.EmbeddedStream``), so they get positions at the stream's end and are
+  sealed in custody blocks like every other row.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -83,6 +85,13 @@ def _raw_lines(records: Sequence[msgspec.Struct]) -> list[bytes]:
         return out
 
 
+class EventStream(Protocol):
+    """What parked events are written through (``sinks.stream_writer.EmbeddedStream``)."""
+
+    def __call__(self, events: Sequence[Any]) -> int: ...
+    def replay(self, events: Sequence[Any], token: str) -> int: ...
+
+
 # Inserts one refused batch may cost to find its bad rows by halving (2 x log2(rows) for one bad
 # row); past that, what is left is dead-lettered whole.
 ISOLATE_BUDGET = 64
@@ -118,13 +127,14 @@ class ParkingLot:
     def pending(self) -> int:
         return len(self.files())
 
-    def replay(self, writer: StoreWriter) -> int:
+    def replay(self, writer: StoreWriter, events: EventStream | None = None) -> int:
         """Insert every parked batch, oldest first; stops at the first ``StoreUnavailable`` (the
-        rest waits for the next call). Returns how many rows reached the store."""
+        rest waits for the next call). Returns how many rows reached the store. ``events``: the
+        stream that parked events are appended to (positions, custody), else a plain insert."""
         done = 0
         for path in self.files():
             try:
-                done += self._replay_file(writer, path)
+                done += self._replay_file(writer, path, events)
             except StoreUnavailable as exc:
                 log.info("replay_deferred %s", kv(file=path.name, error=exc))
                 break
@@ -136,7 +146,7 @@ class ParkingLot:
                 log.error("replay_refused %s", kv(file=aside, error=str(exc)[:300]))
         return done
 
-    def _replay_file(self, writer: StoreWriter, path: Path) -> int:
+    def _replay_file(self, writer: StoreWriter, path: Path, events: EventStream | None) -> int:
         table = path.name.split("-", 1)[0]
         decode, columns = _TABLES[table]
         good: list[Any] = []
@@ -151,7 +161,9 @@ class ParkingLot:
                                       source=f"parked:{path.name}:{number}", time=now_ms()))
         token = f"parked:{path.name}"
         inserted = 0
-        if good:
+        if good and table == EVENTS_TABLE and events is not None:
+            inserted = events.replay(good, token)  # refused rows: dead letters, inside the stream
+        elif good:
             try:
                 inserted = writer.insert(table, columns, good, dedup_token=token)
             except StoreError as exc:
@@ -169,8 +181,10 @@ class Keeper:
     """Applies the policy for one writer: ``refused`` and ``unavailable`` for a failed batch, and a
     background replay of what is parked (every ``interval_s``, and at once on ``start``)."""
 
-    def __init__(self, writer: StoreWriter, lot: ParkingLot, source: str, interval_s: float = 2.0) -> None:
+    def __init__(self, writer: StoreWriter, lot: ParkingLot, source: str, interval_s: float = 2.0,
+                 events: EventStream | None = None) -> None:
         self.writer = writer
+        self.events = events  # the embedded stream: events keep positions and custody on every path
         self.lot = lot
         self.source = source
         self.interval_s = interval_s
@@ -198,7 +212,10 @@ class Keeper:
             for part in (records[:mid], records[mid:]):
                 budget[0] -= 1
                 try:
-                    self.writer.insert(table, _TABLES[table][1], part)
+                    if table == EVENTS_TABLE and self.events is not None:
+                        self.events(part)  # positions, token, refused rows isolated there
+                    else:
+                        self.writer.insert(table, _TABLES[table][1], part)
                     self.counters["isolated_ok"] += len(part)
                 except StoreFailure as again:
                     if again.retriable:
@@ -222,7 +239,7 @@ class Keeper:
 
     def replay_now(self) -> int:
         with self._lock:
-            done = self.lot.replay(self.writer)
+            done = self.lot.replay(self.writer, self.events)
         self.counters["replayed"] += done
         return done
 

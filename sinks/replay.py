@@ -19,6 +19,9 @@ from typing import Any
 
 from dwcore.logfmt import kv
 from dwcore.schemas.ddl import DEADLETTER_TABLE, EVENTS_TABLE
+from dwcore.sinks.stream_writer import EmbeddedStream
+
+__all__ = ["EmbeddedStream", "ReplayGuard"]  # EmbeddedStream lives with the writer both modes share
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +72,3 @@ class ReplayGuard:
                 self._stored[src] = seen
             else:
                 self._stored.pop(src, None)
-
-
-class EmbeddedStream:
-    """The embedded mode's events as one stream ("embedded") with positions of its own, so that they
-    are sealed in custody blocks like a Kafka partition. Use as the events batcher's sink."""
-
-    def __init__(self, writer: Any, sealer: Any | None = None, src: str = "embedded") -> None:
-        self.writer = writer
-        self.sealer = sealer
-        self.src = src
-        found = writer.rows(f"SELECT count(), max(_offset) FROM {EVENTS_TABLE} WHERE _src = {{s:String}}",  # noqa: S608
-                            {"s": src})
-        self.next = int(found[0][1]) + 1 if found and int(found[0][0]) else 0
-
-    def __call__(self, events: Any) -> int:
-        n = len(events)
-        # Offsets advance only after a successful insert: a retried batch gets the same ones.
-        done = self.writer.insert_events(events, positions=([self.src] * n, range(self.next, self.next + n)))
-        self.next += n
-        if self.sealer is not None:
-            self.sealer.stored(self.src, self.next - 1)
-        return done
