@@ -217,8 +217,9 @@ def end_to_end(workload: list[AccessEvent], tmp: str, console: Console) -> tuple
 
     from bench.publish import bootstrap, create_topic
     from dwcore.schemas.topics import Topics
+    from dwcore.sinks.consumer_config import consumer_config
     from dwcore.sinks.custody import Sealer
-    from dwcore.sinks.kafka_sink import ClickHouseSink, consumer_config
+    from dwcore.sinks.kafka_sink import ClickHouseSink
 
     servers = bootstrap()
     topics = Topics.with_prefix(f"bench{uuid.uuid4().hex[:8]}.")
