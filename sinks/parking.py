@@ -7,9 +7,9 @@
   parked on disk, one JSON-lines file per batch written atomically, and replayed into their table
   when the store answers again (``Replayer``), in the order they were parked. A replay carries a
   dedup token named after its file, so a crash between the insert and the file's removal does
-  not insert the rows twice. Parked events go back through the embedded stream's writer
-  (``sinks.stream_writer.EmbeddedStream``), so they get positions at the stream's end and are
-  sealed in custody blocks like every other row.
+  not insert the rows twice. Given an events stream (``Keeper(..., events=...)``, e.g.
+  ``sinks.stream_writer.EmbeddedStream``), parked events go back through it, so they get
+  positions at the stream's end and are sealed in custody blocks like every other row.
 """
 from __future__ import annotations
 
