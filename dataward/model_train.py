@@ -74,6 +74,9 @@ def _fit(rows: list[list[float]], name: str, threshold: float) -> tuple[Baseline
 
 
 def train_models(cfg: Config, policy: Policy, days: int, models_dir: Path, console: Console) -> Path:
+    from dwcore.extras import require
+
+    require("sklearn", "models", "dataward model train")
     started = time.time()
     vectors = fetch_vectors(cfg, policy, days)
     threshold = policy.settings.anomaly_score
@@ -120,7 +123,14 @@ def load_models(models_dir: Path, policy: Policy) -> ModelSet | None:
     """The latest trained models, or None when there are none (the online EWMA decides then)."""
     try:
         tag = (models_dir / "latest").read_text().strip()
-        with open(models_dir / tag / "models.pkl", "rb") as fh:
+        fh = open(models_dir / tag / "models.pkl", "rb")
+    except OSError:
+        return None
+    from dwcore.extras import require
+
+    require("sklearn", "models", f"the trained models in {models_dir}")
+    try:
+        with fh:
             models = pickle.load(fh)  # noqa: S301 - our own private models directory (0700)
     except (OSError, pickle.UnpicklingError, EOFError):
         return None

@@ -329,7 +329,11 @@ def unescape_param(text: str) -> str | None:
 
 
 def open_backend(dsn: str) -> Backend:
+    from dwcore.extras import require
+
+    require("clickhouse_connect", "store", "the forensic store")
     if dsn.startswith("chdb://"):
+        require("chdb", "store", "the embedded store (chDB)")
         path = dsn[len("chdb://") :]
         if not path:
             raise StoreError("chdb DSN needs a directory: chdb:///abs/dir")
