@@ -8,9 +8,15 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from dwcore.kafkalog import client_hooks
 from dwcore.logfmt import kv
 
 log = logging.getLogger(__name__)
+
+
+# Admin errors that mean "no broker answered", not "the broker said no".
+_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+                          KafkaError._RESOLVE})
 
 
 class BrokerUnreachable(RuntimeError):
@@ -33,9 +39,8 @@ def choose_durability(client_config: Mapping[str, str], timeout: float = 10.0) -
     """Replication factor 3 and min.insync.replicas 2 on a cluster of three brokers or more, so
     that with acks=all one broker can die without losing an acknowledged event or stopping
     producers; a smaller cluster gets what it can hold."""
-    conf: dict[str, object] = dict(client_config)
+    conf: dict[str, object] = {**client_hooks(), **client_config}  # not one stderr line per retry
     conf["socket.timeout.ms"] = str(int(timeout * 1000))
-    conf["logger"] = logging.getLogger("dwcore.agents.librdkafka")  # not one stderr line per retry
     try:
         brokers = len(AdminClient(conf).list_topics(timeout=timeout).brokers)
     except KafkaException as exc:
@@ -61,7 +66,7 @@ def ensure_topics(client_config: Mapping[str, str], names: list[str], partitions
     """
     if not names:
         return []
-    conf = dict(client_config)
+    conf: dict[str, object] = {**client_hooks(), **client_config}
     conf["socket.timeout.ms"] = str(int(timeout * 1000))
     admin = AdminClient(conf)
     wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
@@ -71,10 +76,16 @@ def ensure_topics(client_config: Mapping[str, str], names: list[str], partitions
         try:
             fut.result(timeout=timeout)
             created.append(name)
+        except TimeoutError:
+            raise BrokerUnreachable(f"Kafka at {client_config.get('bootstrap.servers')} did not answer within "
+                                    f"{timeout:g} s while creating {name}") from None
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
+            if isinstance(err, KafkaError) and err.code() in _UNREACHABLE:
+                raise BrokerUnreachable(f"Kafka at {client_config.get('bootstrap.servers')} could not create "
+                                        f"{name}: {err.str()}") from None
             raise
     if created:
         log.info("topics_created %s", kv(names=",".join(created), partitions=partitions))

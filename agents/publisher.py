@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -29,6 +30,7 @@ from dwcore.agents.deadletters import PERMANENT, DeadLetters, raw_max_for
 from dwcore.agents.records import encode_records, spool_full_alarm
 from dwcore.agents.spool import RecordId, Spool, SpoolFullError
 from dwcore.backoff import Backoff
+from dwcore.kafkalog import HEALTH, client_hooks
 from dwcore.logfmt import kv
 from dwcore.schemas.event import AccessEvent
 
@@ -70,11 +72,11 @@ class KafkaPublisher:
         self.device = device
         self._spool = Spool(spool_dir, max_bytes=spool_max_bytes)
         self._spool_full_since: float | None = None
-        conf: dict[str, str | int | bool] = {**client_config, **PRODUCER_DEFAULTS,
-                                              "client.id": f"dataward-agent-{device}"}
+        # librdkafka's own log lines go through logging (dwcore.kafkalog), not straight to stderr.
+        conf: dict[str, Any] = {**client_hooks(), **client_config, **PRODUCER_DEFAULTS,
+                                "client.id": f"dataward-agent-{device}"}
         conf.update(producer_overrides or {})
-        # librdkafka's own log lines go through logging, not straight to stderr.
-        self._producer = Producer(conf, logger=logging.getLogger(f"{__name__}.librdkafka"))
+        self._producer = Producer(conf)
         limit = int(conf.get("message.max.bytes", 1_000_000))
         self._deadletter_raw_max = raw_max_for(limit)
         self._budget_s = produce_budget_s
@@ -361,6 +363,7 @@ class KafkaPublisher:
                                                   action="kept_in_spool_will_resend"))
 
     def _recovered(self) -> None:
+        HEALTH.reachable()
         self._backoff.reset()
         if self._failing:
             self._failing = False

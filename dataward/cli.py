@@ -1,6 +1,7 @@
 """`dataward ...`: the command line. Wiring only: parse, load config, call a part, report."""
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -152,10 +153,16 @@ def worker(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   policy_file=policy)
-    from dataward.distributed import ensure_all_topics, run_worker
+    from dataward.distributed import run_worker, wait_for_topics
+    from dwcore.kafkalog import HEALTH
 
     pol = _policy(cfg)
-    ensure_all_topics(cfg)
+    stop = _stop_on_signals()
+    if wait_for_topics(cfg, stop, "worker not started; detection waits for it") is None:
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # faust installs its own handlers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    HEALTH.configure(cfg.kafka.bootstrap, lambda: "worker paused; detection resumes when it answers")
     level = {"warning": "warn", "critical": "crit"}.get(log_level, log_level)
     run_worker(cfg, pol, loglevel=level, ready=lambda: _ready("worker assigned"))
 
@@ -175,14 +182,15 @@ def sink_clickhouse(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   store__url=clickhouse_url, alerts_jsonl=alerts_jsonl)
-    from dataward.distributed import ensure_all_topics, run_clickhouse_sink
+    from dataward.distributed import run_clickhouse_sink, wait_for_topics
     from dataward.privacy import make_private
 
     make_private(cfg.data_dir)
-    ensure_all_topics(cfg)
     from dataward.datadir import DataDirInUse
 
     stop = _stop_on_signals()
+    if wait_for_topics(cfg, stop, "sink waiting; nothing is consumed until it answers") is None:
+        return
     try:
         run_clickhouse_sink(cfg, stop, ready=lambda: _ready("clickhouse sink consuming"))
     except DataDirInUse as exc:

@@ -38,11 +38,18 @@ class KafkaConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, dict=
     # How long the broker waits for a consumer that died before it hands its partitions to another
     # (the sink after a kill -9); librdkafka's default is 45 s.
     session_timeout_ms: int = 45_000  # the password itself only via DATAWARD_KAFKA_SASL_PASSWORD
+    # While no broker answers, one line "cannot reach Kafka at HOST:PORT; ..." at most this often.
+    unreachable_report_s: float = 30.0
 
-    def client_config(self) -> dict[str, str]:
+    def client_config(self) -> dict[str, Any]:
         """librdkafka settings shared by producers, consumers and admin clients (a fresh copy; the
-        secret file is read once per configuration)."""
-        return dict(self._client_config)
+        secret file is read once per configuration). Every client logs through the process's one
+        Kafka health reporter (dwcore.kafkalog): a dead broker is one rate-limited line."""
+        from dwcore.kafkalog import HEALTH, client_hooks
+
+        HEALTH.configure(self.bootstrap, interval_s=self.unreachable_report_s)
+        # log.connection.close off: an idle connection the broker closes is not news.
+        return {**self._client_config, **client_hooks(), "log.connection.close": False}
 
     @cached_property
     def _client_config(self) -> dict[str, str]:

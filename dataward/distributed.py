@@ -20,12 +20,13 @@ from dataward.config import Config
 from dataward.datadir import DataDirLock
 from dwcore.agents.heartbeat import Heartbeater
 from dwcore.agents.inotify_limits import ensure_queue_size
-from dwcore.agents.kafka_admin import Durability, choose_durability, ensure_topics
+from dwcore.agents.kafka_admin import BrokerUnreachable, Durability, choose_durability, ensure_topics
 from dwcore.agents.publisher import KafkaPublisher
 from dwcore.agents.reconcile import BlindGuard, Reconciler
 from dwcore.agents.watcher import agent_user
 from dwcore.backoff import Backoff
 from dwcore.detectors.policy import Policy
+from dwcore.kafkalog import HEALTH
 from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
@@ -39,6 +40,14 @@ from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import open_when_available
 
 log = logging.getLogger(__name__)
+
+
+def _error_text(exc: BaseException) -> str:
+    """The real error: a KafkaError's own text, else the exception's message, else its type."""
+    err = exc.args[0] if exc.args else None
+    if hasattr(err, "str"):
+        return str(err.str())
+    return str(exc) or type(exc).__name__
 
 
 def topics_of(config: Config) -> Topics:
@@ -62,6 +71,24 @@ def ensure_all_topics(config: Config) -> Durability:
 _watcher = watcher_class
 
 
+def wait_for_topics(config: Config, stop: threading.Event, waiting: str) -> Durability | None:
+    """ensure_all_topics, retried with backoff while no broker answers (one rate-limited line
+    says so); None when stopped first. A service started before Kafka waits instead of dying."""
+    HEALTH.configure(config.kafka.bootstrap, lambda: waiting)
+    backoff = Backoff(1.0, 30.0)
+    while not stop.is_set():
+        try:
+            durability = ensure_all_topics(config)
+            HEALTH.reachable()
+            return durability
+        except BrokerUnreachable:
+            HEALTH.unreachable("no broker answered")
+            stop.wait(backoff.next())
+    return None
+
+
+
+
 def _also(first: Callable[[], None], then: Callable[[], None]) -> Callable[[], None]:
     def both() -> None:
         first()
@@ -78,8 +105,7 @@ class _AlertProducer:
         from confluent_kafka import Producer
 
         self.topic = topic
-        self._producer = Producer({**client, "linger.ms": 5, "message.timeout.ms": 60_000},
-                                  logger=logging.getLogger("dwcore.agents.librdkafka"))
+        self._producer = Producer({**client, "linger.ms": 5, "message.timeout.ms": 60_000})
 
     def send(self, alert: Alert) -> None:
         self.produce(self.topic, alert.user.encode(), encode(alert))
@@ -113,6 +139,9 @@ def run_file_agent(
         raise ValueError("nothing to watch: pass directories or set agent.watch")
     topics = topics_of(config)
     client = config.kafka.client_config()
+    started: list[KafkaPublisher | None] = [None]
+    HEALTH.configure(config.kafka.bootstrap, lambda: (
+        f"{started[0].pending} events spooled" if started[0] is not None else "agent starting; events will be spooled"))
     if config.agent.tune_inotify if tune_inotify is None else tune_inotify:
         ensure_queue_size()
     if create_topics:
@@ -123,11 +152,13 @@ def run_file_agent(
                 ensure_topics(client, [topics.alerts], 1, timeout=5.0)
             if config.capture.heartbeat_s > 0:
                 ensure_topics(client, [topics.heartbeats], 1, timeout=5.0)
-        except (KafkaException, TimeoutError) as exc:
-            log.warning("topic_check_failed %s", kv(topic=topics.events, error=exc, action="continue_with_spool"))
+        except (KafkaException, BrokerUnreachable) as exc:
+            log.warning("topic_check_failed %s", kv(topic=topics.events, error=_error_text(exc),
+                                                    action="continue_with_spool"))
     spool_dir = config.spool_dir
     publisher = KafkaPublisher(client, topics.events, spool_dir, config.device, deadletter_topic=topics.deadletter,
                                spool_max_bytes=config.capture.spool_max_bytes)
+    started[0] = publisher
     if policy is None and config.response.fastpath:
         from dwcore.detectors.policy import load_policy
 
@@ -268,6 +299,8 @@ def _run_sink(config: Config, topics: Topics, stop: threading.Event, ready: Call
         sink = ClickHouseSink(store.writer, topics, consumer, stop, alert_writer,
                               batch_rows=config.store.batch_rows, flush_interval_s=config.store.flush_interval_s,
                               sealer=Sealer(store.writer, config.store.seal_interval_s))
+        HEALTH.configure(config.kafka.bootstrap,
+                         lambda: f"sink paused; {sink.pending_rows} messages read and not yet stored")
 
         def on_assign(cons: Consumer, parts: list[TopicPartition]) -> None:
             log.info("partitions_assigned %s", kv(count=len(parts)))

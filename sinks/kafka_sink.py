@@ -22,6 +22,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from dwcore.backoff import Backoff
+from dwcore.kafkalog import HEALTH
 from dwcore.logfmt import kv
 from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event, decode_events
 from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, EVENTS_TABLE, HEARTBEAT_COLUMNS, HEARTBEATS_TABLE
@@ -143,6 +144,7 @@ class ClickHouseSink:
     # -- consumer callbacks ---------------------------------------------------------------
 
     def on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        HEALTH.reachable()
         # A new owner cannot know what the last one stored before it died: look first.
         self.guard.unsure(_src(tp.topic, tp.partition) for tp in parts if tp.topic in self.positioned)
         if self.paused and parts:
@@ -179,6 +181,7 @@ class ClickHouseSink:
             group.append(msg)
             added += 1
         if added:
+            HEALTH.reachable()
             self.pending_rows += added
             self.counters.received += added
             if self._oldest is None:
