@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from dataward import __version__
 from dataward.agent_pipeline import AgentStages, watcher_class
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 def _error_text(exc: BaseException) -> str:
     """The real error: a KafkaError's own text, else the exception's message, else its type."""
     err = exc.args[0] if exc.args else None
-    if hasattr(err, "str"):
+    if isinstance(err, KafkaError):
         return str(err.str())
     return str(exc) or type(exc).__name__
 
