@@ -59,7 +59,7 @@ def test_sink_batches_by_store_batch_rows_and_flush_interval(tmp_path, kafka_boo
     data_dir = tmp_path / "sink"
     sink = dataward_proc("sink", "clickhouse", "--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix,
                          "--data-dir", str(data_dir),
-                         env={"DATAWARD_STORE_BATCH_ROWS": "7", "DATAWARD_STORE_FLUSH_INTERVAL_S": "8"})
+                         env={"DATAWARD_STORE_BATCH_ROWS": "7", "DATAWARD_STORE_FLUSH_INTERVAL_S": "20"})
     sink.wait_ready(120)
     now = time.time_ns() // 1_000_000
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50})
@@ -69,8 +69,9 @@ def test_sink_batches_by_store_batch_rows_and_flush_interval(tmp_path, kafka_boo
         producer.produce(kafka_topics.events, key=b"batchy", value=encode(ev))
     assert producer.flush(30) == 0
     produced = time.monotonic()
-    # Two full batches of 7 go in at once; the 6 left wait for the flush interval (8 s), where
-    # the defaults (10,000 rows, 1 s) would store all 20 in one batch about a second later.
+    # Two full batches of 7 go in at once; the 6 left wait for the flush interval (20 s, long enough
+    # for a `dataward query` on a loaded machine), where the defaults (10,000 rows, 1 s) would store
+    # all 20 in one batch about a second later.
     assert wait_for(lambda: _stored(data_dir) >= 14, 60, what="two batches of 7") and _stored(data_dir) == 14
-    wait_for(lambda: _stored(data_dir) == 20, 60, what="the partial batch after the flush interval")
-    assert time.monotonic() - produced >= 6.0
+    wait_for(lambda: _stored(data_dir) == 20, 90, what="the partial batch after the flush interval")
+    assert time.monotonic() - produced >= 15.0
