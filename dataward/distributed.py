@@ -18,6 +18,7 @@ from dataward import __version__
 from dataward.agent_pipeline import AgentStages, watcher_class
 from dataward.config import Config
 from dataward.datadir import DataDirLock
+from dataward.store_alarm import store_disk_full_event
 from dwcore.agents.heartbeat import Heartbeater
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.kafka_admin import BrokerUnreachable, Durability, choose_durability, ensure_topics
@@ -296,9 +297,19 @@ def _run_sink(config: Config, topics: Topics, stop: threading.Event, ready: Call
                 if ready is not None:
                     ready()
 
+        from confluent_kafka import Producer
+
+        alarms = Producer({**config.kafka.client_config(), "linger.ms": 5, "enable.idempotence": True},
+                          logger=logging.getLogger("dwcore.sinks.librdkafka"))
+
+        def disk_full(message: str) -> None:
+            ev = store_disk_full_event(config.device, message)
+            alarms.produce(topics.events, key=ev.user_name.encode(), value=encode(ev))
+            alarms.poll(0)
+
         sink = ClickHouseSink(store.writer, topics, consumer, stop, alert_writer,
                               batch_rows=config.store.batch_rows, flush_interval_s=config.store.flush_interval_s,
-                              sealer=Sealer(store.writer, config.store.seal_interval_s))
+                              sealer=Sealer(store.writer, config.store.seal_interval_s), on_disk_full=disk_full)
         HEALTH.configure(config.kafka.bootstrap,
                          lambda: f"sink paused; {sink.pending_rows} messages read and not yet stored")
 
@@ -314,7 +325,11 @@ def _run_sink(config: Config, topics: Topics, stop: threading.Event, ready: Call
         consumer.subscribe([topics.events, topics.alerts, topics.deadletter, topics.heartbeats], on_assign=on_assign,
                            on_revoke=on_revoke, on_lost=on_revoke)
         log.info("sink_started %s", kv(store=store.label, group=group_id))
-        return run_sink_loop(sink, consumer, stop, signal_ready)
+        try:
+            return run_sink_loop(sink, consumer, stop, signal_ready)
+        finally:
+            if alarms.flush(5.0):
+                log.warning("disk_full_alarm_unsent %s", kv(topic=topics.events))
     finally:
         if consumer is not None:
             consumer.close()

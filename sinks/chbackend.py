@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from dwcore.logfmt import kv
-from dwcore.sinks.errors import StoreError, StoreUnavailable
+from dwcore.sinks.errors import StoreDiskFull, StoreError, StoreUnavailable
 from dwcore.sinks.sql_guard import vet
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,11 @@ _CODE = re.compile(r"Code:\s*(\d+)")
 # Server-side codes that clear up on their own: timeouts, memory, too many parts or queries,
 # network, replica/keeper trouble, shutting down.
 _RETRIABLE_CODES = frozenset({159, 160, 202, 203, 209, 210, 241, 242, 252, 319, 425, 999})
+# A full disk is not a bad row: NOT_ENOUGH_SPACE (243), or a write that failed with ENOSPC (errno
+# 28, whatever code wraps it). Read as permanent, every row of the batch would be dead-lettered.
+_DISK_FULL_CODE = 243
+_DISK_FULL_TEXT = re.compile(r"No space left on device|NOT_ENOUGH_SPACE|not enough space|errno:? 28\b|ENOSPC",
+                             re.IGNORECASE)
 
 
 def redact_dsn(dsn: str) -> str:
@@ -59,6 +64,8 @@ def classify(exc: Exception, what: str) -> StoreError | StoreUnavailable:
     if "Error initializing EmbeddedServer" in text or "Unable to open the chdb engine" in text:
         return StoreUnavailable(f"{what}: the chDB directory is open in another process ({text})")
     code = error_code(exc)
+    if code == _DISK_FULL_CODE or (isinstance(exc, OSError) and exc.errno == 28) or _DISK_FULL_TEXT.search(text):
+        return StoreDiskFull(f"{what}: the store's disk is full: {text}", code=code)
     if isinstance(exc, OperationalError | ConnectionError | TimeoutError) or code in _RETRIABLE_CODES:
         return StoreUnavailable(f"{what}: {text}", code=code)
     return StoreError(f"{what}: {text}", code=code)

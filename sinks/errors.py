@@ -22,3 +22,9 @@ class StoreError(StoreFailure):
     """Permanent: bad SQL, unknown table, type mismatch; retrying cannot help."""
 
     retriable = False
+
+
+class StoreDiskFull(StoreUnavailable):
+    """Retriable, and loud: the store's disk is full (ClickHouse NOT_ENOUGH_SPACE, ENOSPC). No row
+    is refused for it: everything waits (Kafka keeps it, or the batcher holds it) until space
+    returns, and the caller raises an alarm once per episode."""

@@ -30,7 +30,7 @@ from dwcore.schemas.deadletter import DeadLetter, dead_letter
 from dwcore.schemas.heartbeat import decode_heartbeat
 from dwcore.schemas.topics import Topics
 from dwcore.sinks.custody import Sealer
-from dwcore.sinks.errors import StoreFailure, StoreUnavailable
+from dwcore.sinks.errors import StoreDiskFull, StoreFailure, StoreUnavailable
 from dwcore.sinks.jsonl import AlertJsonlWriter
 from dwcore.sinks.replay import ReplayGuard
 from dwcore.sinks.store_writer import StoreWriter
@@ -50,6 +50,7 @@ class SinkCounters(msgspec.Struct):
     commits: int = 0
     retries: int = 0
     errors: int = 0
+    disk_full: int = 0  # episodes of the store's disk being full (each raised one alarm)
     # Where the time goes, per stage: consume (Kafka), decode (validate, group, replay guard),
     # insert (columns, wire encoding and the engine), commit, seal (custody blocks).
     seconds: dict[str, float] = msgspec.field(default_factory=dict)
@@ -63,7 +64,8 @@ class SinkCounters(msgspec.Struct):
     def line(self) -> str:
         fields: dict[str, int] = {"received": self.received}
         fields.update({f"inserted_{table}": n for table, n in sorted(self.inserted.items())})
-        fields.update(deadlettered=self.deadlettered, commits=self.commits, retries=self.retries, errors=self.errors)
+        fields.update(deadlettered=self.deadlettered, commits=self.commits, retries=self.retries, errors=self.errors,
+                      disk_full=self.disk_full)
         line = kv(**fields)
         if self.seconds:
             line += " " + kv(**{f"s_{stage}": f"{s:.2f}" for stage, s in sorted(self.seconds.items())})
@@ -113,8 +115,13 @@ class ClickHouseSink:
         flush_interval_s: float = 1.0,
         sealer: Sealer | None = None,
         now: Callable[[], float] = time.monotonic,
+        on_disk_full: Callable[[str], None] | None = None,
     ) -> None:
         self.writer = writer
+        # Called once per disk-full episode with a message for a human (the wiring turns it into
+        # an alarm event); the episode ends with the first batch stored after it.
+        self.on_disk_full = on_disk_full
+        self.disk_full = False
         self.consumer = consumer
         self.stop = stop
         self.counters = SinkCounters()
@@ -251,6 +258,9 @@ class ClickHouseSink:
             self.paused = False
             self.consumer.resume(self.consumer.assignment())
             log.info("store_recovered %s", kv(action="partitions_resumed"))
+        if self.disk_full:
+            self.disk_full = False
+            log.warning("store_disk_space_returned %s", kv(action="alarm_cleared"))
         return True
 
     def _prepare(self, groups: Mapping[tuple[str, int], list[Message]]) -> dict[str, _Batch]:
@@ -336,6 +346,18 @@ class ClickHouseSink:
         delay = self.backoff.next()
         self._retry_at = self._now() + delay
         self.guard.unsure(sources)  # the failed insert may have stored part of the batch
+        if isinstance(exc, StoreDiskFull) and not self.disk_full:
+            self.disk_full = True
+            self.counters.disk_full += 1
+            message = (f"The store's disk is full: the sink has paused and keeps {self.pending_rows} rows, "
+                       "and everything after them waits in Kafka (nothing is dropped). Free space "
+                       f"under the store; storing resumes by itself. ({exc})")
+            log.error("store_disk_full %s", kv(action="alarm", pending=self.pending_rows, error=exc))
+            if self.on_disk_full is not None:
+                try:
+                    self.on_disk_full(message)
+                except Exception:  # the alarm's own failure must not stop the retry loop
+                    log.exception("disk_full_alarm_failed")
         if not self.paused:
             assignment = self.consumer.assignment()
             self.consumer.pause(assignment)
