@@ -2,6 +2,7 @@
 ``.cache/bench/latest.json``. A benchmark that fails is reported and the others still run.
 
     python -m bench.run_all [--events N] [--files N] [--runs N] [--only publish,store,...]
+    (latency_load, memory and outage have their own sizes: --load-runs, --memory-events, --outage-files...)
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.rule import Rule
 
-from bench import agent, detect, latency, publish, store, worker
+from bench import agent, detect, latency, latency_load, memory, outage, publish, store, worker
 from bench.common import Result, machine, make_console, save, setup_logging
 
 log = logging.getLogger("bench")
@@ -27,6 +28,10 @@ BENCHES: dict[str, Bench] = {
     "latency": (lambda a, c: latency.run(a.files, a.runs, c), latency.report),
     "worker": (lambda a, c: worker.run(min(a.events, 100_000), c), worker.report),
     "agent": (lambda a, c: agent.run(a.files if a.files > 1000 else 20_000, c), agent.report),
+    "latency_load": (lambda a, c: latency_load.run(a.load_runs, a.load_rate, (100, 1_000), ("kafka", "embedded"),
+                                                   40, c), latency_load.report),
+    "memory": (lambda a, c: memory.run(a.memory_events, a.memory_users, c), memory.report),
+    "outage": (lambda a, c: outage.run(a.outage_files, a.outage_down, c), outage.report),
 }
 
 
@@ -35,6 +40,12 @@ def main() -> None:
     p.add_argument("--events", type=int, default=200_000, help="events for the throughput benchmarks")
     p.add_argument("--files", type=int, default=300, help="files per rename burst (latency)")
     p.add_argument("--runs", type=int, default=5, help="bursts per watcher and speed (latency)")
+    p.add_argument("--load-runs", type=int, default=20, help="bursts per condition (latency_load)")
+    p.add_argument("--load-rate", type=int, default=10_000, help="background events/s (latency_load)")
+    p.add_argument("--memory-events", type=int, default=1_000_000, help="event sweep up to (memory)")
+    p.add_argument("--memory-users", type=int, default=100_000, help="user sweep up to (memory)")
+    p.add_argument("--outage-files", type=int, default=50_000, help="files in the burst (outage)")
+    p.add_argument("--outage-down", type=float, default=60.0, help="seconds the broker is down (outage)")
     p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset, in this order")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
