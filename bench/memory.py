@@ -31,7 +31,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.common import REPO, START_MS, Result, make_console, progress, render, save, setup_logging
+from bench.common import REPO, RESULTS_DIR, START_MS, Result, make_console, progress, render, save, setup_logging
 
 BENCH = "memory"
 BATCH = 5_000
@@ -123,7 +123,13 @@ def measure_point(users: int, events: int, seed: int = 7) -> dict[str, float | i
             "encoded_bytes": encoded_bytes}
 
 
-def _child(users: int, events: int) -> dict[str, float | int]:
+POINTS_DIR = RESULTS_DIR / "memory-points"
+
+
+def _child(users: int, events: int, reuse: bool = False) -> dict[str, float | int]:
+    cached = POINTS_DIR / f"{users}-{events}.json"
+    if reuse and cached.exists():
+        return json.loads(cached.read_text())
     out = subprocess.run([sys.executable, "-m", "bench.memory", "--point", f"{users},{events}"], cwd=REPO,
                          capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
@@ -142,14 +148,14 @@ def sweeps(max_events: int, max_users: int) -> list[tuple[str, int, int]]:
             + [("users", u, u * EVENTS_PER_USER) for u in users])
 
 
-def run(max_events: int, max_users: int, console: Console) -> list[Result]:
+def run(max_events: int, max_users: int, console: Console, reuse: bool = False) -> list[Result]:
     points = sweeps(max_events, max_users)
     results: list[Result] = []
     with progress(console) as prog:
         task = prog.add_task("memory points (one child process each)", total=len(points))
         for sweep, users, events in points:
             load = _load()
-            p = _child(users, events)
+            p = _child(users, events, reuse)
             tracked = int(p["tracked"])
             results.append(Result(
                 bench=BENCH, name=f"{sweep}: {users:,} users, {events:,} events", count=int(p["events"]),
@@ -228,16 +234,30 @@ def main() -> None:
     p.add_argument("--max-events", type=int, default=1_000_000, help="event sweep up to (default 10^6)")
     p.add_argument("--max-users", type=int, default=100_000, help="user sweep up to (default 10^5)")
     p.add_argument("--plot", type=Path, help="write the plot as a PNG here")
+    p.add_argument("--reuse", action="store_true",
+                   help="take points already measured (.cache/bench/memory-points/) instead of measuring them again")
     p.add_argument("--point", help=argparse.SUPPRESS)  # "users,events": one point, JSON on stdout
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     setup_logging(args.verbose)
     if args.point:
         users, events = (int(x) for x in args.point.split(","))
-        sys.stdout.write(json.dumps(measure_point(users, events)) + "\n")
+        done = POINTS_DIR / f"{users}-{events}.json"
+        pending = done.with_suffix(".pending")
+        # A point another process is measuring (it left a .pending file) is waited for, not measured twice.
+        while pending.exists() and not done.exists():
+            time.sleep(5)
+        if not done.exists():
+            POINTS_DIR.mkdir(parents=True, exist_ok=True)
+            pending.touch()
+            try:
+                done.write_text(json.dumps(measure_point(users, events)) + "\n")  # kept, for --reuse
+            finally:
+                pending.unlink(missing_ok=True)
+        sys.stdout.write(done.read_text())
         return
     console = make_console()
-    results = run(args.max_events, args.max_users, console)
+    results = run(args.max_events, args.max_users, console, args.reuse)
     report(console, results)
     save(results, BENCH)
     if args.plot:
