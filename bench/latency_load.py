@@ -258,7 +258,7 @@ class EmbeddedPath:
         self.pipeline.start()
 
     def background(self, rate: int, users: int) -> BackgroundThread:
-        return BackgroundThread(self.pipeline.bus.publish, rate, users)
+        return BackgroundThread(self.pipeline.publish, rate, users)
 
     def lag(self) -> int:
         return self.pipeline.bus.published - self.pipeline.events_processed

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from dataward.agent_pipeline import build_stages, watcher_class
 from dataward.alerting import build_router
@@ -194,19 +194,19 @@ class EmbeddedPipeline:
         log.info("embedded_started %s",
                  kv(watch=",".join(self.watch), data_dir=self.config.data_dir, query=self.query_url))
 
-    def _watch_disk(self, insert: Callable[[list[AccessEvent]], int]) -> Callable[[list[AccessEvent]], int]:
+    def _watch_disk(self, insert: Callable[[Any], int]) -> Callable[[Any], int]:
         """The events insert, raising a store_disk_full alarm on the bus once per episode (the
         batcher keeps the rows and retries; detection and alerts go on meanwhile)."""
         full = threading.Event()
 
-        def call(events: list[AccessEvent]) -> int:
+        def call(events: Any) -> int:
             try:
                 done = insert(events)
             except StoreDiskFull as exc:
                 if not full.is_set():
                     full.set()
                     log.error("store_disk_full %s", kv(action="alarm", pending=len(events), error=exc))
-                    self.bus.publish([store_disk_full_event(self.config.device, (
+                    self.publish([store_disk_full_event(self.config.device, (
                         f"The store's disk is full: {len(events)} events and everything after them are held in "
                         "memory and retried (nothing is dropped; stopping now parks them on disk). Free space "
                         f"under {redact_dsn(self.config.store_dsn)}; storing resumes by itself."))])

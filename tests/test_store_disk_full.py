@@ -154,7 +154,7 @@ def test_embedded_raises_an_alert_holds_every_event_and_stores_them_when_space_r
 
         sent = 0
         for _ in range(MAX_WAVES):
-            pipe.bus.publish(wave(sent))
+            pipe.publish(wave(sent))
             sent += WAVE
             try:
                 wait_for(disk_alarms, timeout=3.0, interval=0.1)
@@ -162,7 +162,7 @@ def test_embedded_raises_an_alert_holds_every_event_and_stores_them_when_space_r
             except AssertionError:
                 continue
         assert disk_alarms(), f"no store_disk_full alert after {sent} events on a {SMALL} store"
-        pipe.bus.publish(wave(sent))  # accepted while full: held, not dropped
+        pipe.publish(wave(sent))  # accepted while full: held, not dropped
         sent += WAVE
         wait_for(lambda: pipe.events_processed >= sent, timeout=30, what="every event through detection")
         assert stored() < sent
