@@ -8,7 +8,7 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from dwcore.kafkalog import client_hooks
+from dwcore.kafkalog import HEALTH, client_hooks
 from dwcore.logfmt import kv
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,32 @@ _UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, K
 
 class BrokerUnreachable(RuntimeError):
     """No broker answered within the timeout: a clear error instead of a hang or a traceback."""
+
+
+class CredentialsRefused(BrokerUnreachable):
+    """The broker answered and refused the SASL/TLS credentials."""
+
+
+_AUTH_CODES = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
+
+
+class _Errors:
+    """An admin client's error callback that remembers refused credentials (and tells HEALTH)."""
+
+    def __init__(self) -> None:
+        self.auth: str = ""
+
+    def __call__(self, err: KafkaError) -> None:
+        if err.code() in _AUTH_CODES and not self.auth:
+            self.auth = err.str()
+        HEALTH.error_cb(err)
+
+    def raise_if_refused(self, admin: AdminClient, bootstrap: object) -> None:
+        admin.poll(0.5)  # serve the queued callbacks: the reason is in them
+        if self.auth:
+            raise CredentialsRefused(f"Kafka at {bootstrap} refused the credentials: {self.auth}; check "
+                                     "kafka.sasl_username, the password (DATAWARD_KAFKA_SASL_PASSWORD or "
+                                     "kafka.sasl_password_file) and kafka.sasl_mechanism") from None
 
 
 class Durability(NamedTuple):
@@ -39,11 +65,14 @@ def choose_durability(client_config: Mapping[str, str], timeout: float = 10.0) -
     """Replication factor 3 and min.insync.replicas 2 on a cluster of three brokers or more, so
     that with acks=all one broker can die without losing an acknowledged event or stopping
     producers; a smaller cluster gets what it can hold."""
-    conf: dict[str, object] = {**client_hooks(), **client_config}  # not one stderr line per retry
+    errors = _Errors()
+    conf: dict[str, object] = {**client_hooks(), **client_config, "error_cb": errors}  # not a stderr line per retry
     conf["socket.timeout.ms"] = str(int(timeout * 1000))
+    admin = AdminClient(conf)
     try:
-        brokers = len(AdminClient(conf).list_topics(timeout=timeout).brokers)
+        brokers = len(admin.list_topics(timeout=timeout).brokers)
     except KafkaException as exc:
+        errors.raise_if_refused(admin, client_config.get("bootstrap.servers"))
         err = exc.args[0] if exc.args else None
         what = err.str() if isinstance(err, KafkaError) else str(exc)
         raise BrokerUnreachable(
@@ -66,7 +95,8 @@ def ensure_topics(client_config: Mapping[str, str], names: list[str], partitions
     """
     if not names:
         return []
-    conf: dict[str, object] = {**client_hooks(), **client_config}
+    errors = _Errors()
+    conf: dict[str, object] = {**client_hooks(), **client_config, "error_cb": errors}
     conf["socket.timeout.ms"] = str(int(timeout * 1000))
     admin = AdminClient(conf)
     wanted = [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
@@ -77,6 +107,7 @@ def ensure_topics(client_config: Mapping[str, str], names: list[str], partitions
             fut.result(timeout=timeout)
             created.append(name)
         except TimeoutError:
+            errors.raise_if_refused(admin, client_config.get("bootstrap.servers"))
             raise BrokerUnreachable(f"Kafka at {client_config.get('bootstrap.servers')} did not answer within "
                                     f"{timeout:g} s while creating {name}") from None
         except KafkaException as exc:
@@ -84,6 +115,7 @@ def ensure_topics(client_config: Mapping[str, str], names: list[str], partitions
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             if isinstance(err, KafkaError) and err.code() in _UNREACHABLE:
+                errors.raise_if_refused(admin, client_config.get("bootstrap.servers"))
                 raise BrokerUnreachable(f"Kafka at {client_config.get('bootstrap.servers')} could not create "
                                         f"{name}: {err.str()}") from None
             raise

@@ -32,6 +32,7 @@ from dwcore.agents.spool import RecordId, Spool, SpoolFullError
 from dwcore.backoff import Backoff
 from dwcore.kafkalog import HEALTH, client_hooks
 from dwcore.logfmt import kv
+from dwcore.metrics import BATCH_ROWS, DEADLETTERS, EVENTS_RECEIVED, EVENTS_SENT
 from dwcore.schemas.event import AccessEvent
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,8 @@ class KafkaPublisher:
             if self._closed:
                 raise RuntimeError("publisher is closed")
             self._counters["published"] += len(records)
+            EVENTS_RECEIVED.inc(len(records))
+            BATCH_ROWS.labels("publish").observe(len(records))
             before = self._spool.last_id
             try:
                 ids = self._spool.append(records)
@@ -223,6 +226,7 @@ class KafkaPublisher:
             got = [delivered.popleft() for _ in range(len(delivered))]
             self._inflight.difference_update(got)
             self._counters["acked"] += len(got)
+            EVENTS_SENT.inc(len(got))
             self._acks += got
             self._recovered()
         if self._acks:
@@ -321,6 +325,7 @@ class KafkaPublisher:
         self._inflight.discard(rid)
         if err is None:
             self._counters["acked"] += 1
+            EVENTS_SENT.inc()
             self._acks.append(rid)
             self._recovered()
             return
@@ -341,6 +346,7 @@ class KafkaPublisher:
         if err is None:
             self._mem_inflight -= 1
             self._counters["acked"] += 1
+            EVENTS_SENT.inc()
             self._recovered()
             return
         self._counters["errors"] += 1
@@ -373,6 +379,7 @@ class KafkaPublisher:
 
     def _dead_letter(self, err: KafkaError, key: bytes | None, value: bytes | None,
                      on_done: functools.partial) -> None:
+        DEADLETTERS.labels("kafka_refused").inc()
         self._letters.send(err, key, value, on_done)
 
     def _on_deadletter_delivery(self, rid: RecordId, err: KafkaError | None, msg: Message | None) -> None:

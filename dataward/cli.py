@@ -21,6 +21,7 @@ from dataward.cli_common import (
     WatchOpt,
     err,
     out,
+    serve_metrics,
 )
 from dataward.cli_common import load_cli_config as _config
 from dataward.cli_common import load_cli_policy as _policy
@@ -83,6 +84,7 @@ def run(
     cfg = _config(config, data_dir=data_dir, alerts_jsonl=alerts_jsonl, policy_file=policy,
                   backup__bucket=backup_bucket, backup__endpoint_url=backup_endpoint_url)
     watch = _watch_dirs(watch, cfg)
+    serve_metrics(cfg, "run")
     from dataward.console import print_alert
     from dataward.embedded import EmbeddedPipeline
 
@@ -131,6 +133,7 @@ def agent_file(
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   agent__device=device)
     watch = _watch_dirs(watch, cfg)
+    serve_metrics(cfg, "agent")
     from dataward.distributed import run_file_agent
     from dataward.privacy import make_private
 
@@ -153,18 +156,31 @@ def worker(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   policy_file=policy)
-    from dataward.distributed import run_worker, wait_for_topics
+    from dataward.distributed import run_worker
     from dwcore.kafkalog import HEALTH
 
     pol = _policy(cfg)
+    serve_metrics(cfg, "worker")
     stop = _stop_on_signals()
-    if wait_for_topics(cfg, stop, "worker not started; detection waits for it") is None:
+    if _wait_for_topics(cfg, stop, "worker not started; detection waits for it") is None:
         return
     signal.signal(signal.SIGINT, signal.default_int_handler)  # faust installs its own handlers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     HEALTH.configure(cfg.kafka.bootstrap, lambda: "worker paused; detection resumes when it answers")
     level = {"warning": "warn", "critical": "crit"}.get(log_level, log_level)
     run_worker(cfg, pol, loglevel=level, ready=lambda: _ready("worker assigned"))
+
+
+def _wait_for_topics(cfg, stop, waiting: str):
+    """The topics, waiting while no broker answers; refused credentials end the command (exit 2)."""
+    from dataward.distributed import wait_for_topics
+    from dwcore.agents.kafka_admin import CredentialsRefused
+
+    try:
+        return wait_for_topics(cfg, stop, waiting)
+    except CredentialsRefused as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
 
 
 @sink_app.command("clickhouse")
@@ -182,14 +198,15 @@ def sink_clickhouse(
     setup_logging(log_level)
     cfg = _config(config, data_dir=data_dir, kafka__bootstrap=bootstrap, kafka__topic_prefix=topic_prefix,
                   store__url=clickhouse_url, alerts_jsonl=alerts_jsonl)
-    from dataward.distributed import run_clickhouse_sink, wait_for_topics
+    from dataward.distributed import run_clickhouse_sink
     from dataward.privacy import make_private
 
     make_private(cfg.data_dir)
     from dataward.datadir import DataDirInUse
 
+    serve_metrics(cfg, "sink")
     stop = _stop_on_signals()
-    if wait_for_topics(cfg, stop, "sink waiting; nothing is consumed until it answers") is None:
+    if _wait_for_topics(cfg, stop, "sink waiting; nothing is consumed until it answers") is None:
         return
     try:
         run_clickhouse_sink(cfg, stop, ready=lambda: _ready("clickhouse sink consuming"))

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dataward.cli_common import ConfigOpt, err, out
+from dataward.cli_common import ConfigOpt, err, out, serve_metrics
 from dataward.cli_common import load_cli_config as _config
 from dataward.cli_common import ready as _ready
 from dataward.cli_common import stop_on_signals as _stop_on_signals
@@ -120,6 +120,8 @@ def run(
     if parts.gate.closed:
         print_halt(parts)
         raise typer.Exit(3)
+    if continuous or every > 0:
+        _metrics(cfg, parts)
     stop = _stop_on_signals()
     if follow_alerts:
         _start_alert_thread(cfg, parts, stop)
@@ -188,6 +190,14 @@ def _start_alert_thread(cfg, parts, stop: threading.Event) -> None:
     started.wait(30)
 
 
+def _metrics(cfg, parts) -> None:
+    """/metrics of a long-running backup process; dataward_backup_halted follows the gate."""
+    from dwcore.metrics import BACKUP_HALTED
+
+    BACKUP_HALTED.set_function(lambda: 1.0 if parts.gate.closed else 0.0)
+    serve_metrics(cfg, "backup")
+
+
 def print_halt(parts) -> None:
     for inc in parts.journal.open_incidents():
         err.print(f"[bold red]BACKUP HALTED[/bold red] by incident {escape(inc.uid)} ({escape(inc.rule)}, "
@@ -215,6 +225,7 @@ def controller(
     from dwcore.sinks.backup_alerts import follow_alerts
 
     parts = _parts(cfg, None, None, _recorder(cfg))
+    _metrics(cfg, parts)
     stop = _stop_on_signals()
 
     def on_alert(alert) -> None:

@@ -89,6 +89,18 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def serve_metrics(cfg: Config, process: str) -> None:
+    """Prometheus /metrics of this process on metrics.host:metrics.<process>_port (0 = off)."""
+    from dwcore.metrics import serve
+
+    port = getattr(cfg.metrics, f"{process}_port")
+    try:
+        serve(cfg.metrics.host, port)
+    except OSError as exc:
+        err.print(f"[red]metrics port {cfg.metrics.host}:{port} ({process}):[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
 def ready(what: str) -> None:
     # Scripts and tests wait for this exact word on stdout.
     print(f"ready: {what}", flush=True)

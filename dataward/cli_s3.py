@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from dataward.cli_common import ConfigOpt, LogOpt, load_cli_config, stop_on_signals
+from dataward.cli_common import ConfigOpt, LogOpt, load_cli_config, serve_metrics, stop_on_signals
 from dataward.cli_common import ready as _ready
 
 s3_app = typer.Typer(no_args_is_help=True, help="S3 sources: access logs, CloudTrail, event notifications, "
@@ -80,13 +81,23 @@ def _output(cfg, source: str):
     from confluent_kafka import KafkaException
 
     from dataward.distributed import ensure_all_topics, topics_of
+    from dwcore.agents.kafka_admin import BrokerUnreachable, CredentialsRefused
     from dwcore.agents.s3_agent import S3Output
+    from dwcore.kafkalog import HEALTH
+    from dwcore.metrics import watch_spool
 
+    serve_metrics(cfg, "agent")
     try:
         ensure_all_topics(cfg)
-    except (KafkaException, TimeoutError) as exc:
-        err.print(f"topics not checked ({exc}); events wait in the spool")
-    return S3Output(cfg.kafka.client_config(), topics_of(cfg), cfg.spool_dir / source, cfg.device, source)
+    except CredentialsRefused as exc:
+        err.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    except (KafkaException, BrokerUnreachable, TimeoutError) as exc:
+        err.print(f"topics not checked ({escape(str(exc))}); events wait in the spool")
+    output = S3Output(cfg.kafka.client_config(), topics_of(cfg), cfg.spool_dir / source, cfg.device, source)
+    HEALTH.configure(cfg.kafka.bootstrap, lambda: f"{output.publisher.pending} events spooled")
+    watch_spool(lambda: output.publisher.pending)
+    return output
 
 
 def _client(cfg, endpoint_url: str | None):

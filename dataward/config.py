@@ -220,6 +220,17 @@ class AlertsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry_max_s: float = 60.0  # cap of the retry delay
 
 
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Prometheus /metrics of each long-running process (docs/deploy.md#metrics); a port of 0 is off."""
+
+    host: str = "127.0.0.1"  # loopback: put a scraper beside it, or set 0.0.0.0 behind a firewall
+    agent_port: int = 0  # dataward agent file, agent s3 logs|poll|notifications (e.g. 9464)
+    worker_port: int = 0  # dataward worker (e.g. 9465)
+    sink_port: int = 0  # dataward sink clickhouse (e.g. 9466)
+    backup_port: int = 0  # dataward backup controller, backup run --continuous|--every (e.g. 9467)
+    run_port: int = 0  # dataward run, the embedded mode (e.g. 9468)
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = ".dataward"  # state: chDB store, spools, outbox, tokens (0700, owner-only files)
     policy_file: str = ""  # detection policy YAML; empty: the built-in default policy
@@ -236,6 +247,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     capture: CaptureConfig = CaptureConfig()
     backup: BackupConfig = BackupConfig()
     alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def device(self) -> str:
@@ -296,7 +308,7 @@ def read_secret(env_var: str, file_path: str = "") -> str:
 _SECTIONS = {"kafka": KafkaConfig, "store": StoreConfig, "query": QueryConfig, "agent": AgentConfig,
              "content": ContentConfig, "s3": S3Config, "audit": AuditConfig,
              "canary": CanaryConfig, "response": ResponseConfig, "capture": CaptureConfig,
-             "backup": BackupConfig, "alerts": AlertsConfig}
+             "backup": BackupConfig, "alerts": AlertsConfig, "metrics": MetricsConfig}
 
 
 # DATAWARD_* variables that are not configuration keys: the config file's path, the scripts'

@@ -21,7 +21,13 @@ from dataward.datadir import DataDirLock
 from dataward.store_alarm import store_disk_full_event
 from dwcore.agents.heartbeat import Heartbeater
 from dwcore.agents.inotify_limits import ensure_queue_size
-from dwcore.agents.kafka_admin import BrokerUnreachable, Durability, choose_durability, ensure_topics
+from dwcore.agents.kafka_admin import (
+    BrokerUnreachable,
+    CredentialsRefused,
+    Durability,
+    choose_durability,
+    ensure_topics,
+)
 from dwcore.agents.publisher import KafkaPublisher
 from dwcore.agents.reconcile import BlindGuard, Reconciler
 from dwcore.agents.watcher import agent_user
@@ -29,6 +35,7 @@ from dwcore.backoff import Backoff
 from dwcore.detectors.policy import Policy
 from dwcore.kafkalog import HEALTH
 from dwcore.logfmt import kv
+from dwcore.metrics import watch_spool
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
@@ -82,6 +89,8 @@ def wait_for_topics(config: Config, stop: threading.Event, waiting: str) -> Dura
             durability = ensure_all_topics(config)
             HEALTH.reachable()
             return durability
+        except CredentialsRefused:
+            raise
         except BrokerUnreachable:
             HEALTH.unreachable("no broker answered")
             stop.wait(backoff.next())
@@ -160,6 +169,7 @@ def run_file_agent(
     publisher = KafkaPublisher(client, topics.events, spool_dir, config.device, deadletter_topic=topics.deadletter,
                                spool_max_bytes=config.capture.spool_max_bytes)
     started[0] = publisher
+    watch_spool(lambda: publisher.pending)
     if policy is None and config.response.fastpath:
         from dwcore.detectors.policy import load_policy
 

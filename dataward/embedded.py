@@ -27,6 +27,7 @@ from dwcore.agents.reconcile import BlindGuard, Reconciler
 from dwcore.agents.watcher import FileWatcher, agent_user
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
+from dwcore.metrics import BATCH_ROWS, EVENTS_RECEIVED
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, DELIVERIES_TABLE, EVENTS_TABLE
 from dwcore.schemas.deadletter import dead_letter
@@ -291,6 +292,8 @@ class EmbeddedPipeline:
         taken = time.time()
         # Raw bytes in a name were repaired to the lossless escaped form when they were logged.
         events = [e for _, e in logged]
+        EVENTS_RECEIVED.inc(len(events))
+        BATCH_ROWS.labels("detect").observe(len(events))
         self._retry_jsonl()
         # Alerts first: they are what a human is waiting for; the event history follows within
         # the flush interval. Each user apart: one user's trouble never costs another's alert.

@@ -33,6 +33,7 @@ _UNREACHABLE = re.compile(
 _AUTH = re.compile(r"SASL authentication|Authentication failed|invalid credentials|SaslAuthentication"
                    r"|SSL handshake failed|certificate verify failed", re.IGNORECASE)
 _REASON = re.compile(r"failed: ([^(]+?)(?: \(after|$)")
+_AUTH_REASON = re.compile(r"((?:SASL authentication error|SSL handshake failed|Authentication failed)[^(]*)")
 # librdkafka's syslog levels as logging levels (as confluent-kafka maps them).
 _AIOKAFKA = ("aiokafka", "kafka")
 
@@ -54,6 +55,7 @@ class KafkaHealth:
         self._down_since: float | None = None
         self._last_down_report: float | None = None
         self._last_auth_report: float | None = None
+        self._auth_failed_at: float | None = None
         self.reports = 0  # lines written about it, for tests and metrics
 
     def configure(self, bootstrap: str, waiting: Callable[[], str] | None = None,
@@ -71,6 +73,11 @@ class KafkaHealth:
 
     def unreachable(self, reason: str) -> None:
         now = self._clock()
+        if self._auth_failed_at is not None and now - self._auth_failed_at < max(self.interval_s, 10.0):
+            return  # "all brokers down" right after refused credentials: the credentials line says it
+        from dwcore.metrics import KAFKA_REACHABLE
+
+        KAFKA_REACHABLE.set(0)
         with self._lock:
             if self._down_since is None:
                 self._down_since = now
@@ -83,7 +90,10 @@ class KafkaHealth:
 
     def refused(self, reason: str) -> None:
         now = self._clock()
+        found = _AUTH_REASON.search(reason)
+        reason = found.group(1) if found else reason
         with self._lock:
+            self._auth_failed_at = now
             due = self._last_auth_report is None or now - self._last_auth_report >= self.interval_s
             if due:
                 self._last_auth_report = now
@@ -97,6 +107,9 @@ class KafkaHealth:
         """Called where a process knows the broker answered (an ack, an assignment, a fetch)."""
         if self._down_since is None:
             return
+        from dwcore.metrics import KAFKA_REACHABLE
+
+        KAFKA_REACHABLE.set(1)
         with self._lock:
             since, self._down_since = self._down_since, None
             self._last_down_report = None
@@ -118,7 +131,7 @@ class KafkaHealth:
 
     def client_line(self, level: int, text: str) -> None:
         if _AUTH.search(text):
-            self.refused(text.split("] ", 1)[-1])
+            self.refused(text)
         elif _UNREACHABLE.search(text):
             self.unreachable(text)
         else:

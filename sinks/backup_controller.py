@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from dwcore.logfmt import kv
+from dwcore.metrics import BACKUP_HALTS
 from dwcore.schemas.alert import Alert, Severity
 from dwcore.sinks.backup_gate import Gate
 from dwcore.sinks.backup_journal import Journal
@@ -133,6 +134,7 @@ class Controller:
             self.journal.write_marker(alert.uid)
             aborted = self.gate.close(f"incident {alert.uid} ({alert.rule}, {alert.severity}, user {alert.user})")
             halted_at = self.clock()
+            BACKUP_HALTS.inc()
             latency = (time.monotonic() - received) * 1000
             self.latencies_ms.append(latency)
             incident = Incident(uid=alert.uid, rule=alert.rule, severity=str(alert.severity), user=alert.user,

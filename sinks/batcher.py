@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 
 from dwcore.backoff import Backoff
 from dwcore.logfmt import kv
+from dwcore.metrics import BATCH_ROWS, ROWS_STORED
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -178,6 +179,8 @@ class Batcher(Generic[T]):
             self._backoff.reset()
             self.counters["flushed"] += len(batch)
             self.counters["batches"] += 1
+            ROWS_STORED.labels(self.name).inc(len(batch))
+            BATCH_ROWS.labels("store").observe(len(batch))
             return len(batch)
 
     # -- timer thread ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from dwcore.backoff import Backoff
+from dwcore.metrics import DELIVERIES
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.delivery import Delivery
 from dwcore.sinks.alert_formats import can_digest, is_test, render
@@ -196,6 +197,7 @@ class Deliverer:
             self.clock.sleep(delay, self._stop)
 
     def _record(self, alerts: Sequence[Alert], result: Attempt) -> None:
+        DELIVERIES.labels(self.dest.name, result.outcome).inc()
         r = result.response
         now = self.clock.wall_ms()
         rows = [

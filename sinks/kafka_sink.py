@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from dwcore.backoff import Backoff
 from dwcore.kafkalog import HEALTH
 from dwcore.logfmt import kv
+from dwcore.metrics import BATCH_ROWS, CONSUMER_LAG, DEADLETTERS, EVENTS_RECEIVED, ROWS_STORED, deadletter_reason
 from dwcore.schemas.codec import DecodeError, decode_alert, decode_deadletter, decode_event, decode_events
 from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, EVENTS_TABLE, HEARTBEAT_COLUMNS, HEARTBEATS_TABLE
 from dwcore.schemas.deadletter import DeadLetter, dead_letter
@@ -191,6 +192,7 @@ class ClickHouseSink:
             HEALTH.reachable()
             self.pending_rows += added
             self.counters.received += added
+            EVENTS_RECEIVED.inc(added)
             if self._oldest is None:
                 self._oldest = self._now()
 
@@ -248,6 +250,7 @@ class ClickHouseSink:
         except StoreUnavailable as exc:
             self._backpressure(exc, sources)
             return False
+        BATCH_ROWS.labels("store").observe(self.pending_rows)
         started = time.perf_counter()
         self._commit(groups)
         self.counters.timed("commit", started)
@@ -308,11 +311,15 @@ class ClickHouseSink:
         refused = self._insert_or_refuse(batch.route, batch.records, batch.msgs, batch.srcs)
         stored = [r for r in batch.records if id(r) not in refused]
         self.counters.inserted[table] = self.counters.inserted_into(table) + len(stored)
+        ROWS_STORED.labels(table).inc(len(stored))
         if table == DEADLETTER_TABLE:
             # dead letters made here (undecodable messages), not those read from the dead-letter topic
             dl_topic = self._dl_topic()
-            self.counters.deadlettered += sum(1 for r, m in zip(batch.records, batch.msgs, strict=True)
-                                              if id(r) not in refused and m.topic() != dl_topic)
+            made_here = [r for r, m in zip(batch.records, batch.msgs, strict=True)
+                         if id(r) not in refused and m.topic() != dl_topic]
+            self.counters.deadlettered += len(made_here)
+            for r in made_here:
+                DEADLETTERS.labels(deadletter_reason(r.reason)).inc()
         if batch.route.on_stored is not None and stored:
             # After the insert, before the commit: a replay may repeat a line (same uid), never skip one.
             batch.route.on_stored(stored)
@@ -338,6 +345,7 @@ class ClickHouseSink:
             dl_route = self.routes[self._dl_topic()]
             self._insert_or_refuse(dl_route, [letter], [msgs[i]], [srcs[i]])
             self.counters.deadlettered += 1
+            DEADLETTERS.labels("store_refused").inc()
             refused.add(id(records[i]))
         return refused
 
@@ -415,14 +423,42 @@ def _without_positions(insert: Callable[..., int]) -> Callable[..., int]:
     return call
 
 
+LAG_INTERVAL_S = 5.0
+
+
+def update_lag(consumer: Consumer) -> None:
+    """dataward_consumer_lag_messages per topic: the end of each assigned partition minus the
+    consumer's position (the committed offset before the first fetch)."""
+    try:
+        parts = consumer.assignment()
+        if not parts:
+            return
+        lag: dict[str, int] = {}
+        for tp in consumer.position(parts):
+            _low, high = consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+            pos = tp.offset
+            if pos < 0:  # nothing fetched yet: the committed offset, else the whole partition
+                committed = consumer.committed([tp], timeout=1.0)[0].offset
+                pos = committed if committed >= 0 else _low
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, high - pos)
+        for topic, n in lag.items():
+            CONSUMER_LAG.labels(topic).set(n)
+    except KafkaException as exc:  # a metric must never stop the sink
+        log.debug("lag_unknown %s", kv(error=exc))
+
+
 def run_sink_loop(
     sink: ClickHouseSink, consumer: Consumer, stop: threading.Event, on_first_poll: Callable[[], None]
 ) -> SinkCounters:
     """Consume and store until ``stop`` is set; logs counters every STATS_INTERVAL_S."""
     next_stats = time.monotonic() + STATS_INTERVAL_S
+    next_lag = time.monotonic() + LAG_INTERVAL_S
     while not stop.is_set():
         sink.poll()
         on_first_poll()  # after the first poll even if no assignment came (more sinks than partitions)
+        if time.monotonic() >= next_lag:
+            update_lag(consumer)
+            next_lag = time.monotonic() + LAG_INTERVAL_S
         if time.monotonic() >= next_stats:
             log.info("sink_stats %s", sink.counters.line())
             next_stats = time.monotonic() + STATS_INTERVAL_S

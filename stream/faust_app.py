@@ -19,6 +19,7 @@ import faust
 from dwcore.detectors.baseline import Scorer
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
+from dwcore.metrics import BATCH_ROWS, CONSUMER_LAG, DEADLETTERS, EVENTS_RECEIVED, deadletter_reason
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
@@ -65,6 +66,24 @@ class Counters:
             self._last_log = now
             log.info("worker_counters %s", kv(received=self.received, deadlettered=self.deadlettered,
                                               alerts=self.alerts, batches=self.batches))
+
+
+_LAG: dict[Any, int] = {}  # partition -> messages behind its end, as of its latest batch
+
+
+def _lag(app: Any, msgs: list[Any]) -> None:
+    """dataward_consumer_lag_messages of the events topic: each partition's end minus the last
+    offset taken from it, summed over the partitions this worker has seen."""
+    last = {msg.tp: msg for msg in msgs}
+    try:
+        for tp, msg in last.items():
+            high = app.consumer.highwater(tp)
+            if high is not None:
+                _LAG[tp] = max(0, int(high) - int(msg.offset) - 1)
+    except Exception:  # a metric must never stop detection
+        return
+    for topic in {tp.topic for tp in last}:
+        CONSUMER_LAG.labels(topic).set(sum(n for tp, n in _LAG.items() if tp.topic == topic))
 
 
 async def _send_acked(topic: Any, alerts: list[Alert]) -> None:
@@ -146,6 +165,9 @@ def build_app(
         async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):  # type: ignore[attr-defined]
             counters.batches += 1
             counters.received += len(batch)
+            EVENTS_RECEIVED.inc(len(batch))
+            BATCH_ROWS.labels("detect").observe(len(batch))
+            _lag(app, [ev.message for ev in batch])
             partition_of: dict[str, int] = {}
             offsets_of: dict[str, list[int]] = {}
             raw = []
@@ -155,6 +177,7 @@ def build_app(
             decoded = decode_batch(raw, now_ms=int(time.time() * 1000))
             for dl in decoded.deadletters:
                 counters.deadlettered += 1
+                DEADLETTERS.labels(deadletter_reason(dl.reason)).inc()
                 log.warning("deadletter %s", kv(source=dl.source, reason=dl.reason[:300]))
                 await deadletter_topic.send(key=dl.key, value=encode(dl))
             # A user's events come from one partition (keyed by user); remember which.

@@ -91,6 +91,9 @@ def _load(raw: bytes | None, user: str) -> tuple[UserState | None, int]:
 
 
 def _log_alerts(alerts: Sequence[Alert]) -> None:
+    from dwcore.metrics import ALERTS_RAISED
+
+    ALERTS_RAISED.inc(len(alerts))
     for alert in alerts:
         # The one log line per alert, for both modes (detectors themselves do no I/O).
         log.warning("alert %s", kv(rule=alert.rule, severity=alert.severity, user=alert.user,
