@@ -262,7 +262,11 @@ def run_worker(
     """The stream worker; runs until SIGINT/SIGTERM (faust's Worker installs the handlers)."""
     import faust
 
-    worker = faust.Worker(worker_app(config, policy, ready), loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    from dataward.logs import logging_config
+
+    # Our key=value lines on stderr, aiokafka's reconnect noise folded (faust would install its own handler).
+    worker = faust.Worker(worker_app(config, policy, ready), loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                          logging_config=logging_config(loglevel))
     worker.execute_from_commandline()
 
 
