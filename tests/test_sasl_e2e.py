@@ -35,7 +35,8 @@ def _free_pair() -> int:
 def sasl_broker() -> Iterator[tuple[str, Path]]:
     """(bootstrap, client password file) of a fresh one-node SCRAM-SHA-512 broker."""
     port = _free_pair()
-    env = {**os.environ, "KAFKA_SASL": "scram", "KAFKA_PORT": str(port)}
+    # a loaded CI machine can take minutes to start a JVM
+    env = {**os.environ, "KAFKA_SASL": "scram", "KAFKA_PORT": str(port), "KAFKA_START_TIMEOUT_S": "280"}
     env.pop("KAFKA_BROKERS", None)
     script = str(ROOT / "scripts" / "kafka")
     out = subprocess.run([script, "start"], capture_output=True, text=True, timeout=300, env=env)
