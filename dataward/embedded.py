@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from dataward.agent_pipeline import build_stages, watcher_class
 from dataward.alerting import build_router
@@ -19,7 +19,7 @@ from dataward.config import Config
 from dataward.datadir import DataDirLock
 from dataward.model_train import load_models
 from dataward.privacy import make_private
-from dataward.store_alarm import store_disk_full_event
+from dataward.store_alarm import alarm_when_disk_full
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.lean_watcher import LeanWatcher
 from dwcore.agents.pipeline import chain
@@ -37,7 +37,7 @@ from dwcore.sinks.alert_router import AlertRouter
 from dwcore.sinks.batcher import Batcher
 from dwcore.sinks.chbackend import redact_dsn
 from dwcore.sinks.custody import Sealer
-from dwcore.sinks.errors import StoreDiskFull, StoreFailure, StoreUnavailable
+from dwcore.sinks.errors import StoreFailure, StoreUnavailable
 from dwcore.sinks.jsonl import AlertJsonlWriter
 from dwcore.sinks.parking import Keeper, ParkingLot
 from dwcore.sinks.query_auth import ensure_token
@@ -134,7 +134,8 @@ class EmbeddedPipeline:
         # Durable before anything acts on them; acknowledged once stored (kill -9 loses nothing).
         self._wal = EventWal(Path(self.config.data_dir) / "wal", stored_max(store.writer.rows) + 1)
         self._batcher = Batcher(
-            self._watch_disk(WalStream(store.writer, self._wal, self._sealer)),
+            alarm_when_disk_full(WalStream(store.writer, self._wal, self._sealer), self.publish, self.config.device,
+                                 redact_dsn(self.config.store_dsn)),
             batch_rows=self.config.store.batch_rows,
             flush_interval_s=self.config.store.flush_interval_s,
             on_permanent=self._events_failed,
@@ -194,30 +195,6 @@ class EmbeddedPipeline:
         self._guard.start(cap.rescan_at_start)  # after the watches exist: nothing falls in between
         log.info("embedded_started %s",
                  kv(watch=",".join(self.watch), data_dir=self.config.data_dir, query=self.query_url))
-
-    def _watch_disk(self, insert: Callable[[Any], int]) -> Callable[[Any], int]:
-        """The events insert, raising a store_disk_full alarm on the bus once per episode (the
-        batcher keeps the rows and retries; detection and alerts go on meanwhile)."""
-        full = threading.Event()
-
-        def call(events: Any) -> int:
-            try:
-                done = insert(events)
-            except StoreDiskFull as exc:
-                if not full.is_set():
-                    full.set()
-                    log.error("store_disk_full %s", kv(action="alarm", pending=len(events), error=exc))
-                    self.publish([store_disk_full_event(self.config.device, (
-                        f"The store's disk is full: {len(events)} events and everything after them are held in "
-                        "memory and retried (nothing is dropped; stopping now parks them on disk). Free space "
-                        f"under {redact_dsn(self.config.store_dsn)}; storing resumes by itself."))])
-                raise
-            if full.is_set():
-                full.clear()
-                log.warning("store_disk_space_returned %s", kv(action="alarm_cleared"))
-            return done
-
-        return call
 
     @property
     def store(self) -> Store | None:
