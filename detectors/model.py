@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dwcore.detectors.baseline import MIN_OBSERVED, MODEL_FEATURES
+from dwcore.detectors.baseline import FLOORS, MODEL_FEATURES
 from dwcore.schemas.alert import AnomalyAnalysis
 
 
@@ -58,7 +58,7 @@ class ModelSet:
         # 0.5, i.e. ~65%) also counts. The feature furthest above normal explains it to a person.
         devs = [(x[i] - base.mean[i]) / max(base.std[i], 0.5) for i in range(len(MODEL_FEATURES))]
         i = max(range(len(devs)), key=devs.__getitem__)
-        far = devs[i] >= self.z and vector[i] >= MIN_OBSERVED
+        far = devs[i] >= self.z and vector[i] >= FLOORS[i]
         if score < self.threshold and not far:
             return []
         baseline = round(math.expm1(base.mean[i]), 2)

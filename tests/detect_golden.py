@@ -83,8 +83,8 @@ def _attacks() -> list[AccessEvent]:
                        magic_type="unknown", bytes_written=90_000))
         out.append(_ev(Activity.DELETE, f"cd{i}", 5 * hour + i * 100 + 40, "carl", p))
     for i in range(8):  # ransom notes and known extensions
-        out.append(_ev(Activity.CREATE, f"rn{i}", 6 * hour + i * 500, "nina", f"/srv/share1/d{i}/HOW_TO_DECRYPT_FILES.txt",
-                       entropy=4.2, magic_type="text"))
+        note = f"/srv/share1/d{i}/HOW_TO_DECRYPT_FILES.txt"
+        out.append(_ev(Activity.CREATE, f"rn{i}", 6 * hour + i * 500, "nina", note, entropy=4.2, magic_type="text"))
         p = f"/srv/share1/d{i}/plan.docx"
         out.append(_ev(Activity.RENAME, f"ke{i}", 6 * hour + i * 500 + 100, "nina", p, file_new_path=p + ".lockbit"))
     for i in range(40):  # slow attack: one encrypted overwrite every 70 s
