@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -34,19 +33,17 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
-from bench.common import REPO, Result, make_console, progress, render, save, setup_logging
+from bench.background_load import BackgroundProcess, BackgroundThread
+from bench.common import Result, make_console, progress, render, save, setup_logging
 from bench.latency import Attacker, wait_for
 from bench.publish import bootstrap, create_topic
-from dwcore.schemas.codec import decode_alert, encode
-from dwcore.schemas.event import Activity, make_event
+from dwcore.schemas.codec import decode_alert
 from dwcore.schemas.topics import Topics
 
 log = logging.getLogger("bench.latency_load")
@@ -55,104 +52,12 @@ PARTITIONS = 6
 SETTLE_S = 1.0  # after the files are created and chowned: the watcher has batched and sent them
 ALERT_TIMEOUT_S = float(os.environ.get("DW_BENCH_ALERT_TIMEOUT_S", "60"))
 FIRST_UID = 40_000
-TICK_S = 0.02
 DRAIN_S = 120.0
 GIVE_UP_AFTER = 3  # bursts without an alert, none with one: the condition is reported as not carried
 
 
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-# -- background: other users' ordinary activity at a fixed rate --------------------------------
-
-class Background:
-    """Ordinary events of ``users`` users at ``rate``/s, timestamped now: creates of new files and
-    small updates of files the same user created (nothing any rule counts). Events are copies of
-    a pool built up front, so that the generator itself is not what limits the rate."""
-
-    def __init__(self, rate: int, users: int, seed: int = 11) -> None:
-        self.rate, self.users = rate, users
-        rng = random.Random(seed)
-        self.sent = 0
-        self._run = uuid.uuid4().hex[:16]
-        self.pool = []
-        for i in range(max(users * 6, 6_000)):
-            u = rng.randrange(users)
-            act = Activity.CREATE if i % 3 == 0 else Activity.UPDATE
-            self.pool.append(make_event(
-                act, uid="x", time=0, user_name=f"bg{u:05d}", user_uid=str(30_000 + u), device="bench-bg",
-                share="bg", file_path=f"/srv/bg/bg{u:05d}/doc-{i // 3}.txt", file_size=512,
-                bytes_written=512 if act == Activity.UPDATE else None))
-
-    def make(self, n: int) -> list:
-        now = int(time.time() * 1000)
-        pool, size, replace = self.pool, len(self.pool), msgspec.structs.replace
-        out = [replace(pool[(self.sent + k) % size], uid=f"{self._run}{self.sent + k:x}", time=now) for k in range(n)]
-        self.sent += n
-        return out
-
-    def pace(self, emit: Callable[[list], None], stop: threading.Event) -> float:
-        """Emit at the rate until ``stop``; returns the achieved events/s."""
-        t0 = time.monotonic()
-        while not stop.is_set():
-            due = int((time.monotonic() - t0) * self.rate) - self.sent
-            if due > 0:
-                emit(self.make(min(due, self.rate)))
-            stop.wait(TICK_S)
-        elapsed = time.monotonic() - t0
-        return self.sent / elapsed if elapsed > 0 else 0.0
-
-
-def background_main(servers: str, topic: str, rate: int, users: int) -> None:
-    """Child process: produce the background to Kafka until SIGTERM; print the achieved rate."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    producer = Producer({"bootstrap.servers": servers, "linger.ms": 20, "compression.type": "lz4",
-                         "partitioner": "murmur2_random", "queue.buffering.max.messages": 1_000_000})
-
-    def emit(events: list) -> None:
-        for ev in events:
-            producer.produce(topic, key=ev.user_name.encode(), value=encode(ev))
-        producer.poll(0)
-
-    bg = Background(rate, users)
-    sys.stdout.write("started\n")
-    sys.stdout.flush()
-    achieved = bg.pace(emit, stop)
-    producer.flush(30)
-    sys.stdout.write(f"{achieved:.1f} {bg.sent}\n")
-
-
-class BackgroundProcess:
-    def __init__(self, servers: str, topic: str, rate: int, users: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.latency_load", "--background",
-                                      f"{servers},{topic},{rate},{users}"], cwd=REPO, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "started":
-            raise RuntimeError("the background producer did not start")
-
-    def stop(self) -> float:
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=60)
-        return float(out.split()[0]) if out.strip() else 0.0
-
-
-class BackgroundThread:
-    def __init__(self, publish: Callable[[list], None], rate: int, users: int) -> None:
-        self._stop = threading.Event()
-        self._bg = Background(rate, users)
-        self._achieved = 0.0
-        self._thread = threading.Thread(target=self._run, args=(publish,), name="bench-background", daemon=True)
-        self._thread.start()
-
-    def _run(self, publish: Callable[[list], None]) -> None:
-        self._achieved = self._bg.pace(publish, self._stop)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join(30)
-        return self._achieved
 
 
 # -- the two paths --------------------------------------------------------------------------
@@ -393,14 +298,9 @@ def main() -> None:
     p.add_argument("--users", default="100,1000", help="background user counts, comma-separated")
     p.add_argument("--paths", default="kafka,embedded", help="kafka, embedded or both")
     p.add_argument("--files", type=int, default=40, help="files per burst (default 40)")
-    p.add_argument("--background", help=argparse.SUPPRESS)  # child: "servers,topic,rate,users"
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     setup_logging(args.verbose)
-    if args.background:
-        servers, topic, rate, users = args.background.rsplit(",", 3)
-        background_main(servers, topic, int(rate), int(users))
-        return
     console = make_console()
     results = run(args.runs, args.rate, tuple(int(u) for u in args.users.split(",") if u),
                   tuple(x.strip() for x in args.paths.split(",") if x.strip()), args.files, console)

@@ -65,6 +65,13 @@ def _wait(store, run_id: str, started: float, timeout: float, what: str) -> None
                    f"{what} began; tagged as a drill, nobody paged", style="green"))
 
 
+def _begin(directory: Path) -> None:
+    setup_logging("warning")
+    if not directory.is_dir():
+        err.print(Text(f"not a directory: {inert(directory)}", style="red"))
+        raise typer.Exit(ExitUsage)
+
+
 @app.command("rename")
 def rename(
     directory: DirArg,
@@ -75,12 +82,9 @@ def rename(
     config: ConfigOpt = None,
 ) -> None:
     """Mass-rename drill: create N files, rename each to *.locked, wait for the alert, clean up."""
-    setup_logging("warning")
+    _begin(directory)
     from dataward.simulate import drill_directory, new_run_id, simulate_rename, sweep_stale
 
-    if not directory.is_dir():
-        err.print(Text(f"not a directory: {inert(directory)}", style="red"))
-        raise typer.Exit(ExitUsage)
     store = _store(_config(config, data_dir=data_dir))
     sweep_stale(directory)
     run_id = new_run_id()
@@ -102,12 +106,9 @@ def delete(
     config: ConfigOpt = None,
 ) -> None:
     """Bulk-delete drill: delete the files `--prepare` created earlier, wait for the alert, clean up."""
-    setup_logging("warning")
+    _begin(directory)
     from dataward.simulate import drill_directory, drill_dirs, new_run_id, removing, simulate_delete
 
-    if not directory.is_dir():
-        err.print(Text(f"not a directory: {inert(directory)}", style="red"))
-        raise typer.Exit(ExitUsage)
     if prepare:
         run_id = new_run_id()
         with drill_directory(directory, run_id, keep=True) as target:
