@@ -29,8 +29,8 @@ from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
 from dwcore.metrics import BATCH_ROWS, EVENTS_RECEIVED
 from dwcore.schemas.alert import Alert
-from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, DELIVERIES_TABLE, EVENTS_TABLE
-from dwcore.schemas.deadletter import dead_letter
+from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, DELIVERIES_TABLE
+from dwcore.schemas.deadletter import DeadLetter, dead_letter
 from dwcore.schemas.delivery import Delivery
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.alert_router import AlertRouter
@@ -43,7 +43,8 @@ from dwcore.sinks.parking import Keeper, ParkingLot
 from dwcore.sinks.query_auth import ensure_token
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import Store
-from dwcore.sinks.wal import EventWal, Logged, WalStream, stored_max
+from dwcore.sinks.stream_writer import EmbeddedStream
+from dwcore.sinks.wal import SRC, EventWal, Logged, WalStream
 from dwcore.stream.bus import BatchBus
 from dwcore.stream.processing import close_quiet, detect_user, group_by_user, prepare
 
@@ -101,6 +102,7 @@ class EmbeddedPipeline:
         self._keeper: Keeper | None = None
         self._batcher: Batcher[Logged] | None = None
         self._wal: EventWal | None = None
+        self._stream: WalStream | None = None
         self._publish_lock = threading.Lock()  # log order = bus order = store order (custody seals ranges)
         self._guard: BlindGuard | None = None
         self._sealer: Sealer | None = None
@@ -125,17 +127,23 @@ class EmbeddedPipeline:
                            self.config.store.ttl_days)
         self._store = store
         store.writer.ensure_schema()
-        # What the store refuses goes to the deadletter table; what it cannot take now is parked
-        # and replayed (also what an earlier run parked).
-        self._keeper = Keeper(store.writer, ParkingLot(self.config.parked_dir), f"embedded:{self.config.device}")
+        self._sealer = Sealer(store.writer, self.config.store.seal_interval_s)
+        # One writer for the events (sinks/stream_writer.py), at the write-ahead log's numbers:
+        # durable before anything acts on them, acknowledged once stored or dead-lettered, so a
+        # kill -9 loses nothing and a replay stores nothing twice. The numbering starts past every
+        # position the store has used (rows, dead letters, sealed blocks).
+        stream = EmbeddedStream(store.writer, None)
+        self._wal = EventWal(Path(self.config.data_dir) / "wal", stream.next)
+        self._stream = WalStream(store.writer, self._wal, self._sealer, stream=stream)
+        # What the store refuses goes to the deadletter table; alerts, deliveries and dead letters
+        # it cannot take now are parked and replayed; parked events (from an earlier version) are
+        # replayed through the stream at fresh numbers and sealed.
+        self._keeper = Keeper(store.writer, ParkingLot(self.config.parked_dir), f"embedded:{self.config.device}",
+                              events=self._stream.parked)
         self._keeper.start()
         keeper = self._keeper
-        self._sealer = Sealer(store.writer, self.config.store.seal_interval_s)
-        # Durable before anything acts on them; acknowledged once stored (kill -9 loses nothing).
-        self._wal = EventWal(Path(self.config.data_dir) / "wal", stored_max(store.writer.rows) + 1)
         self._batcher = Batcher(
-            alarm_when_disk_full(WalStream(store.writer, self._wal, self._sealer), self.publish, self.config.device,
-                                 redact_dsn(self.config.store_dsn)),
+            alarm_when_disk_full(self._stream, self.publish, self.config.device, redact_dsn(self.config.store_dsn)),
             batch_rows=self.config.store.batch_rows,
             flush_interval_s=self.config.store.flush_interval_s,
             on_permanent=self._events_failed,
@@ -251,14 +259,25 @@ class EmbeddedPipeline:
         assert self._keeper is not None and self._store is not None
         letter = dead_letter(raw, f"write-ahead log record refused: {reason}", f"wal:{seq}", int(time.time() * 1000))
         try:
-            self._store.writer.insert_deadletters([letter])
+            self._store_deadletters([letter], [seq])
         except Exception as exc:
             self._keeper.failed(DEADLETTER_TABLE, [letter], exc)  # parked, replayed later
 
     def _events_failed(self, batch: list[Logged], exc: BaseException) -> None:
-        assert self._keeper is not None and self._wal is not None
-        self._keeper.failed(EVENTS_TABLE, [e for _, e in batch], exc)  # parked or dead-lettered: durable
-        self._wal.ack(s for s, _ in batch)
+        """Not a store's refusal (those are isolated row by row in the stream): a batch the writer
+        could not even convert. Dead letters at the rows' positions, durable before the ack."""
+        assert self._keeper is not None and self._stream is not None
+        letters = self._stream.refuse(batch, exc)
+        log.error("events_refused %s", kv(rows=len(batch), error=exc, action="dead_letter"))
+        try:
+            self._store_deadletters(letters, [s for s, _ in batch])
+        except Exception as again:
+            self._keeper.failed(DEADLETTER_TABLE, letters, again)  # parked, replayed later
+        self._stream.acknowledge(s for s, _ in batch)
+
+    def _store_deadletters(self, letters: list[DeadLetter], seqs: list[int]) -> None:
+        assert self._store is not None
+        self._store.writer.insert_deadletters(letters, positions=([SRC] * len(letters), seqs))
 
     def subscribe(self, callback: Callable[[Alert], object]) -> None:
         """Call ``callback(alert)`` for every alert, after it is durable in the outbox."""
@@ -361,8 +380,11 @@ class EmbeddedPipeline:
         if self._alert_rows and not self._alert_rows.close() and self._keeper:
             rows = self._alert_rows.take_pending()
             self._keeper.failed(ALERTS_TABLE, rows, StoreUnavailable("store unavailable at shutdown"))
-        if self._batcher and not self._batcher.close() and self._keeper:
-            self._events_failed(self._batcher.take_pending(), StoreUnavailable("store unavailable at shutdown"))
+        if self._batcher and not self._batcher.close():
+            # Not parked: they are in the write-ahead log, which replays them at the next start at
+            # these same numbers (stored once, sealed once).
+            left = self._batcher.take_pending()
+            log.warning("events_left_in_wal %s", kv(rows=len(left), action="replay_at_next_start"))
         if self._wal:
             self._wal.close()
         self._seal(force=True)

@@ -9,8 +9,9 @@ reason, for the dead-letter table. A retriable failure (``StoreUnavailable``) pr
 caller keeps the batch and retries it with the same positions, so the halves already stored carry
 the same tokens again and are not stored twice.
 
-``EmbeddedStream`` is the embedded mode's writer of events; the distributed sink
-(``sinks.kafka_sink``) uses ``dedup_token`` and ``insert_isolating`` for its Kafka batches.
+``EmbeddedStream`` is the embedded mode's writer of events: ``dataward run`` stores through it at
+its write-ahead log's sequence numbers (``store_at``, via ``sinks.wal.WalStream``); the distributed
+sink (``sinks.kafka_sink``) uses ``dedup_token`` and ``insert_isolating`` for its Kafka batches.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Any
 
 from dwcore.logfmt import kv
 from dwcore.schemas.codec import encode
-from dwcore.schemas.ddl import CUSTODY_TABLE, EVENTS_TABLE
+from dwcore.schemas.ddl import CUSTODY_TABLE, DEADLETTER_TABLE, EVENTS_TABLE
 from dwcore.schemas.deadletter import DeadLetter, dead_letter
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.errors import StoreError
@@ -82,7 +83,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _raw(event: AccessEvent) -> bytes:
+def event_raw(event: AccessEvent) -> bytes:
+    """An event as its JSON, or (raw bytes in a name) its readable repr: a dead letter's body."""
     try:
         return encode(event)
     except (UnicodeEncodeError, TypeError, ValueError):  # raw bytes in a name: keep it readable
@@ -103,11 +105,12 @@ class EmbeddedStream:
         self.deadlettered = 0
         # Past every row stored and every offset sealed: a refused tail leaves no row, but its
         # offsets may already be inside a custody block, and a block's range is never reused.
-        stored = writer.rows(f"SELECT count(), max(_offset) FROM {EVENTS_TABLE} WHERE _src = {{s:String}}",  # noqa: S608
+        # Dead letters carry their position too: a refused tail is never numbered again.
+        found = [writer.rows(f"SELECT count(), max({column}) FROM {table} WHERE {key} = {{s:String}}",  # noqa: S608
                              {"s": src})
-        sealed = writer.rows(f"SELECT count(), max(last_offset) FROM {CUSTODY_TABLE} WHERE stream = {{s:String}}",  # noqa: S608
-                             {"s": src})
-        self.next = max([int(r[0][1]) + 1 for r in (stored, sealed) if r and int(r[0][0])], default=0)
+                 for table, column, key in ((EVENTS_TABLE, "_offset", "_src"), (DEADLETTER_TABLE, "_offset", "_src"),
+                                            (CUSTODY_TABLE, "last_offset", "stream"))]
+        self.next = max([int(r[0][1]) + 1 for r in found if r and int(r[0][0])], default=0)
 
     def __call__(self, events: Sequence[AccessEvent]) -> int:
         return self.store(events)
@@ -121,28 +124,37 @@ class EmbeddedStream:
     def store(self, events: Sequence[AccessEvent], token: str | None = None) -> int:
         """Insert with positions; refused rows become dead letters. Returns rows stored. Raises
         StoreUnavailable with nothing advanced: the retry gets the same offsets and tokens."""
-        events = list(events)
+        with self._lock:
+            return self._store(list(events), list(range(self.next, self.next + len(events))), token)
+
+    def store_at(self, events: Sequence[AccessEvent], offsets: Sequence[int], token: str | None = None) -> int:
+        """Like ``store`` at positions the caller chose (the embedded write-ahead log's sequence
+        numbers, increasing): the dedup token names that range, so a retry of the same range is
+        dropped by the engine. The caller tells the sealer how far the stream is complete."""
+        if len(events) != len(offsets):
+            raise ValueError("one offset per event")
+        with self._lock:
+            return self._store(list(events), list(offsets), token, seal=False)
+
+    def _store(self, events: list[AccessEvent], offsets: list[int], token: str | None, seal: bool = True) -> int:
         n = len(events)
         if not n:
             return 0
-        with self._lock:
-            first = self.next
-            srcs = [self.src] * n
-            offsets = list(range(first, first + n))
+        srcs = [self.src] * n
 
-            def insert(lo: int, hi: int) -> None:
-                part_token = (f"{token}:{lo}-{hi}" if (lo, hi) != (0, n) else token) if token else \
-                    dedup_token(EVENTS_TABLE, srcs[lo:hi], offsets[lo:hi])
-                self.writer.insert_events(events[lo:hi], dedup_token=part_token,
-                                          positions=(srcs[lo:hi], offsets[lo:hi]))
+        def insert(lo: int, hi: int) -> None:
+            part_token = (f"{token}:{lo}-{hi}" if (lo, hi) != (0, n) else token) if token else \
+                dedup_token(EVENTS_TABLE, srcs[lo:hi], offsets[lo:hi])
+            self.writer.insert_events(events[lo:hi], dedup_token=part_token,
+                                      positions=(srcs[lo:hi], offsets[lo:hi]))
 
-            refused = insert_isolating(insert, n)
-            if refused:
-                self._deadletter(events, offsets, refused, token)
-            self.next = first + n
-            if self.sealer is not None:
-                self.sealer.stored(self.src, self.next - 1)
-            return n - len(refused)
+        refused = insert_isolating(insert, n)
+        if refused:
+            self._deadletter(events, offsets, refused, token)
+        self.next = max(self.next, offsets[-1] + 1)
+        if seal and self.sealer is not None:
+            self.sealer.stored(self.src, self.next - 1)
+        return n - len(refused)
 
     def _deadletter(self, events: list[AccessEvent], offsets: list[int],
                     refused: list[tuple[int, StoreError]], token: str | None) -> None:
@@ -151,7 +163,9 @@ class EmbeddedStream:
         for i, exc in refused:
             source = f"{self.src}:{offsets[i]}"
             log.error("insert_refused %s", kv(table=EVENTS_TABLE, source=source, error=exc))
-            letters.append(dead_letter(_raw(events[i]), f"store refused row: {exc}", source, at))
+            letters.append(dead_letter(event_raw(events[i]), f"store refused row: {exc}", source, at))
         first, last = offsets[refused[0][0]], offsets[refused[-1][0]]
-        self.writer.insert_deadletters(letters, dedup_token=f"deadletter:{token or self.src}:{first}-{last}")
+        # With their positions: a replay asks the store (events and dead letters) what it holds.
+        self.writer.insert_deadletters(letters, dedup_token=f"deadletter:{token or self.src}:{first}-{last}",
+                                       positions=([self.src] * len(letters), [offsets[i] for i, _ in refused]))
         self.deadlettered += len(letters)

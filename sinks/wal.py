@@ -6,18 +6,22 @@ watcher hands on is appended to the agent's spool format (``agents.spool``: one 
 fsync per batch, crc-checked records, a torn tail cut off on open) in ``<data_dir>/wal``, and
 each event gets a sequence number that becomes its store position (``_src`` "embedded",
 ``_offset``), written in the same insert as the row. A record is acknowledged only after its
-insert succeeded (or the row was parked or dead-lettered, which are durable too); a segment whose
+insert succeeded (or the row was dead-lettered, which is durable too); a segment whose
 records are all acknowledged is deleted.
 
 On the next start the records not acknowledged are replayed. Whether one was already stored
 (the process died between the insert and the acknowledgement) is asked of the store itself, by
 position, so no event is stored twice and none is skipped.
+
+The rows go to the store through the shared writer (``sinks.stream_writer.EmbeddedStream``) at
+these numbers: ``WalStream`` is the events batcher's sink.
 """
 from __future__ import annotations
 
 import logging
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,10 @@ from dwcore.agents.spool import RecordId, Spool
 from dwcore.logfmt import kv
 from dwcore.schemas.codec import DecodeError, decode_event, encode_many, repair_event
 from dwcore.schemas.ddl import EVENTS_TABLE
+from dwcore.schemas.deadletter import DeadLetter, dead_letter
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.replay import ReplayGuard
+from dwcore.sinks.stream_writer import EmbeddedStream, event_raw
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +57,7 @@ class EventWal:
         """``floor``: the next sequence number the store has not used (``stored_max() + 1``)."""
         self._spool = Spool(directory, fsync=fsync)
         self._lock = threading.Lock()
-        self._ids: dict[int, RecordId] = {}
+        self._ids: dict[int, RecordId | None] = {}  # in flight; None: reserved, not logged
         top = floor - 1
         for rid, key, _ in self._spool.iter_unacked():
             seq = _SEQ.unpack(key)[0]
@@ -84,8 +90,23 @@ class EventWal:
             self.counters["appended"] += len(events)
         return list(zip(seqs, events, strict=True))
 
+    def reserve(self, n: int) -> list[int]:
+        """``n`` numbers for rows that have a durable copy elsewhere (a parked file): in flight
+        until acknowledged, never logged."""
+        with self._lock:
+            first = self._next
+            self._next += n
+            seqs = list(range(first, first + n))
+            self._ids.update(dict.fromkeys(seqs))
+        return seqs
+
+    def done_upto(self) -> int:
+        """Every number up to this one is acknowledged (stored, dead-lettered or never used)."""
+        with self._lock:
+            return (min(self._ids) if self._ids else self._next) - 1
+
     def ack(self, seqs: Iterable[int]) -> None:
-        """These events are stored (or parked or dead-lettered): their records may go."""
+        """These events are stored (or dead-lettered): their records may go."""
         with self._lock:
             ids = [rid for s in seqs if (rid := self._ids.pop(s, None)) is not None]
             if ids:
@@ -98,7 +119,7 @@ class EventWal:
         store already holds (acknowledged here and now); one the schema refuses goes to
         ``unreadable(seq, raw, reason)`` (a dead letter), never nowhere. Call once, before the first append."""
         with self._lock:
-            pending = sorted(self._ids)
+            pending = sorted(s for s, rid in self._ids.items() if rid is not None)
         if not pending:
             return
         guard = ReplayGuard(rows)
@@ -138,19 +159,65 @@ class EventWal:
 
 
 class WalStream:
-    """The events batcher's sink: inserts (number, event) pairs at their own positions, then
-    acknowledges them in the log; feeds the custody sealer like a Kafka partition."""
+    """The events batcher's sink in ``dataward run``: the shared writer (``EmbeddedStream``) at
+    the log's sequence numbers. Each insert carries its positions and the dedup token of its log
+    range, refused rows become dead letters (with the reason and their position), and the records
+    are acknowledged once stored or dead-lettered. The custody sealer is told how far the stream
+    is complete: up to the oldest record still in flight, so a block never closes over a hole that
+    a later insert would fill."""
 
-    def __init__(self, writer: Any, wal: EventWal, sealer: Any | None = None, src: str = SRC) -> None:
+    def __init__(self, writer: Any, wal: EventWal, sealer: Any | None = None, src: str = SRC,
+                 stream: EmbeddedStream | None = None) -> None:
         self.writer = writer
         self.wal = wal
         self.sealer = sealer
         self.src = src
+        self.stream = stream if stream is not None else EmbeddedStream(writer, None, src)
 
     def __call__(self, batch: Sequence[Logged]) -> int:
         seqs = [s for s, _ in batch]
-        done = self.writer.insert_events([e for _, e in batch], positions=([self.src] * len(batch), seqs))
+        done = self.stream.store_at([e for _, e in batch], seqs)
+        self.acknowledge(seqs)
+        return done
+
+    def acknowledge(self, seqs: Iterable[int]) -> None:
         self.wal.ack(seqs)
         if self.sealer is not None:
-            self.sealer.stored(self.src, max(seqs))
+            upto = self.wal.done_upto()
+            if upto >= 0:
+                self.sealer.stored(self.src, upto)
+
+    def refuse(self, batch: Sequence[Logged], exc: BaseException) -> list[DeadLetter]:
+        """Dead letters, with their positions, for a batch that failed other than as a store's
+        refusal (a row the writer cannot even convert). The caller inserts or parks them, then
+        calls ``acknowledge``."""
+        at = int(time.time() * 1000)
+        return [dead_letter(event_raw(e), f"store refused row: {exc}", f"{self.src}:{s}", at) for s, e in batch]
+
+    @property
+    def parked(self) -> ParkedEvents:
+        return ParkedEvents(self)
+
+
+class ParkedEvents:
+    """Parked events (``sinks.parking.Keeper(..., events=...)``) back into the stream: they get
+    fresh sequence numbers from the log (reserved, not logged: the parked file is their durable
+    copy), are stored like any other row and sealed once. The file's name is the dedup token, so a
+    crash between the insert and the file's removal does not store them twice."""
+
+    def __init__(self, stream: WalStream) -> None:
+        self.stream = stream
+
+    def __call__(self, events: Sequence[AccessEvent]) -> int:
+        return self._store(events, None)
+
+    def replay(self, events: Sequence[AccessEvent], token: str) -> int:
+        return self._store(events, token)
+
+    def _store(self, events: Sequence[AccessEvent], token: str | None) -> int:
+        seqs = self.stream.wal.reserve(len(events))
+        try:
+            done = self.stream.stream.store_at(events, seqs, token)
+        finally:  # stored, or not at all (the file stays for the next replay): not in flight
+            self.stream.acknowledge(seqs)
         return done

@@ -6,7 +6,9 @@ filling; the other 1,000 files are written while nothing watches. What the watch
 is in the write-ahead log (``<data_dir>/wal``, read here with the spool's own reader after the
 kill): on restart every one of those events is stored exactly once, by uid, whether it had
 reached the store before the kill or not. Files written while dataward was down were never
-captured: the start-up rescan reports them as reconciled events. Real chDB, real inotify.
+captured: the start-up rescan reports them as reconciled events. Afterwards `dataward custody
+verify` passes (every row sealed once, replayed ones included), and files with hostile names
+(quotes, a backslash, a newline, SQL, invalid UTF-8) are stored verbatim. Real chDB, real inotify.
 """
 from __future__ import annotations
 
@@ -19,11 +21,13 @@ import pytest
 
 from dwcore.agents.spool import Spool
 from dwcore.schemas.codec import decode_event
+from dwcore.schemas.paths import name_text
 from tests.procs import run_cli, wait_for
 
 pytestmark = pytest.mark.e2e
 
 FILES, KILL_AFTER = 2_500, 1_500
+HOSTILE = [b"it's \"q\"", b"back\\slash", b"new\nline", b"x'; DROP TABLE events; --", b"bad-\xff-utf8"]
 
 
 def _query(data_dir: Path, sql: str) -> list[dict]:
@@ -47,6 +51,13 @@ def test_kill9_mid_burst_then_restart_stores_every_captured_event_exactly_once(t
     first.wait_ready(90)
     # The start-up snapshot of the (empty) tree is what the rescan after the restart compares with.
     wait_for(lambda: list((data / "state").glob("snapshot-*.msgpack")), 30, what="first snapshot")
+
+    hostile = {name_text(os.fsencode(watched) + b"/" + name)[0] for name in HOSTILE}
+    for name in HOSTILE:
+        with open(os.fsencode(watched) + b"/" + name, "wb") as fh:
+            fh.write(b"hostile\n")
+    wait_for(lambda: hostile <= {r["file_path"] for r in _query(data, "SELECT file_path FROM events")}, 60,
+             interval=0.5, what="the hostile names stored")
 
     paths = [watched / f"burst-{i:05d}.dat" for i in range(FILES)]
     for i, path in enumerate(paths[:KILL_AFTER]):
@@ -97,6 +108,16 @@ def test_kill9_mid_burst_then_restart_stores_every_captured_event_exactly_once(t
     assert not (after & set(live))
     log = second.log_path.read_text()
     assert "wal_replay" in log
+    # Verbatim, one live Create each (the rescan after the restart reports them too, as reconciled).
+    by_path = {r["file_path"]: r["n"] for r in _query(
+        data, "SELECT file_path, count() AS n FROM events WHERE activity_name = 'Create' AND NOT reconciled "
+              "GROUP BY file_path")}
+    assert {p: by_path.get(p) for p in hostile} == dict.fromkeys(hostile, 1)
+    custody = run_cli("custody", "verify", "--data-dir", str(data), "--format", "json")
+    assert custody.returncode == 0, custody.stdout + custody.stderr
+    (chain,) = json.loads(custody.stdout)
+    assert (chain["stream"], chain["status"], chain["unsealed_rows"]) == ("embedded", "ok", 0)
+    assert chain["rows"] == sum(by_uid.values())  # every stored event is inside the chain
     print(f"kill -9 after {KILL_AFTER} of {FILES} files: {len(live)} captured Creates stored once each, "
           f"{len(pending_uids)} events were in the log unacknowledged at the kill; "
           f"{len(after)} files written while down found by the rescan")

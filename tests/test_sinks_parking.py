@@ -14,9 +14,11 @@ from dataward.embedded import EmbeddedPipeline
 from dwcore.detectors.policy import load_policy
 from dwcore.schemas.ddl import ALERTS_TABLE, EVENTS_TABLE
 from dwcore.schemas.event import Activity, make_event
+from dwcore.sinks.custody import verify
 from dwcore.sinks.errors import StoreUnavailable
 from dwcore.sinks.parking import Keeper, ParkingLot
 from dwcore.sinks.store import Store
+from tests.procs import wait_for
 from tests.test_sinks_kafka import alert
 
 NOW_MS = int(time.time() * 1000)  # inside every retention window
@@ -96,14 +98,16 @@ def test_unreadable_parked_line_becomes_a_dead_letter(store, tmp_path):
     assert reason.startswith("parked row unreadable: invalid event") and source == f"parked:{path.name}:2"
 
 
-def test_embedded_parks_what_the_store_did_not_take_and_replays_it_on_next_start(tmp_path):
+def test_embedded_keeps_what_the_store_did_not_take_in_its_log_and_stores_it_on_next_start(tmp_path):
+    """`dataward run` parks no events: those the store did not take stay in the write-ahead log and
+    come back at the next start at their own numbers, stored once and sealed once."""
     watched = tmp_path / "watched"
     watched.mkdir()
     config = Config(data_dir=str(tmp_path / "state"), agent=AgentConfig(device="fs1", tune_inotify=False),
-                    store=StoreConfig(flush_interval_s=0.05))
+                    store=StoreConfig(flush_interval_s=0.05, seal_interval_s=0.0))
     first = EmbeddedPipeline(config, load_policy(), [str(watched)])
     first.start()
-    assert first._batcher is not None
+    assert first._batcher is not None and first._wal is not None
     down = threading.Event()
 
     def store_down(batch):
@@ -115,13 +119,23 @@ def test_embedded_parks_what_the_store_did_not_take_and_replays_it_on_next_start
     assert down.wait(10)
     first._batcher.close = lambda timeout_s=None: False  # do not wait out the retries in a test
     first.stop()
-    assert len(list(ParkingLot(config.parked_dir).files())) == 1
+    assert ParkingLot(config.parked_dir).pending == 0
 
     second = EmbeddedPipeline(config, load_policy(), [str(watched)])
-    second.start()  # replays at once
+    second.start()  # replays the log at once
     try:
         assert second._store is not None
-        assert second._store.reader.query("SELECT count() FROM events WHERE uid LIKE 'e%'").rows == [[20]]
-        assert ParkingLot(config.parked_dir).pending == 0
+        query = second._store.reader.query
+        wait_for(lambda: query("SELECT count() FROM events WHERE uid LIKE 'e%'").rows == [[20]], 30,
+                 what="the logged events stored")
+        assert query("SELECT groupArray(_offset) FROM (SELECT _offset FROM events WHERE uid LIKE 'e%' "
+                     "ORDER BY _offset)").rows == [[list(range(20))]]  # the numbers they were logged with
+        wait_for(lambda: second._wal is not None and second._wal.pending == 0, 30, what="the log acknowledged")
     finally:
         second.stop()
+    store = Store.open(config.store_dsn, retention_days=3650)
+    try:
+        (result,) = verify(store.writer.rows)
+        assert result.first_problem is None and result.unsealed_rows == 0 and result.rows == 20
+    finally:
+        store.close()
