@@ -44,7 +44,7 @@ from dwcore.sinks.query_auth import ensure_token
 from dwcore.sinks.query_server import QueryServer
 from dwcore.sinks.store import Store
 from dwcore.sinks.stream_writer import EmbeddedStream
-from dwcore.sinks.wal import SRC, EventWal, Logged, WalStream
+from dwcore.sinks.wal import EventWal, Logged, WalStream
 from dwcore.stream.bus import BatchBus
 from dwcore.stream.processing import close_quiet, detect_user, group_by_user, prepare
 
@@ -256,28 +256,17 @@ class EmbeddedPipeline:
             self.bus.publish(self._wal.append(events))
 
     def _wal_unreadable(self, seq: int, raw: bytes, reason: str) -> None:
-        assert self._keeper is not None and self._store is not None
+        assert self._stream is not None
         letter = dead_letter(raw, f"write-ahead log record refused: {reason}", f"wal:{seq}", int(time.time() * 1000))
-        try:
-            self._store_deadletters([letter], [seq])
-        except Exception as exc:
-            self._keeper.failed(DEADLETTER_TABLE, [letter], exc)  # parked, replayed later
+        self._stream.dead_letters([letter], [seq], self._park_letters)
 
     def _events_failed(self, batch: list[Logged], exc: BaseException) -> None:
-        """Not a store's refusal (those are isolated row by row in the stream): a batch the writer
-        could not even convert. Dead letters at the rows' positions, durable before the ack."""
-        assert self._keeper is not None and self._stream is not None
-        letters = self._stream.refuse(batch, exc)
-        log.error("events_refused %s", kv(rows=len(batch), error=exc, action="dead_letter"))
-        try:
-            self._store_deadletters(letters, [s for s, _ in batch])
-        except Exception as again:
-            self._keeper.failed(DEADLETTER_TABLE, letters, again)  # parked, replayed later
-        self._stream.acknowledge(s for s, _ in batch)
+        assert self._stream is not None  # store refusals are isolated row by row in the stream
+        self._stream.refuse(batch, exc, self._park_letters)
 
-    def _store_deadletters(self, letters: list[DeadLetter], seqs: list[int]) -> None:
-        assert self._store is not None
-        self._store.writer.insert_deadletters(letters, positions=([SRC] * len(letters), seqs))
+    def _park_letters(self, letters: list[DeadLetter], exc: BaseException) -> None:
+        assert self._keeper is not None
+        self._keeper.failed(DEADLETTER_TABLE, letters, exc)  # parked, replayed later
 
     def subscribe(self, callback: Callable[[Alert], object]) -> None:
         """Call ``callback(alert)`` for every alert, after it is durable in the outbox."""

@@ -187,12 +187,24 @@ class WalStream:
             if upto >= 0:
                 self.sealer.stored(self.src, upto)
 
-    def refuse(self, batch: Sequence[Logged], exc: BaseException) -> list[DeadLetter]:
-        """Dead letters, with their positions, for a batch that failed other than as a store's
-        refusal (a row the writer cannot even convert). The caller inserts or parks them, then
-        calls ``acknowledge``."""
+    def refuse(self, batch: Sequence[Logged], exc: BaseException,
+               park: Callable[[list[DeadLetter], BaseException], None]) -> None:
+        """A batch that failed other than as a store's refusal (a row the writer cannot even
+        convert): dead letters at the rows' positions (``park`` them if the store cannot take
+        those either), then acknowledged."""
         at = int(time.time() * 1000)
-        return [dead_letter(event_raw(e), f"store refused row: {exc}", f"{self.src}:{s}", at) for s, e in batch]
+        letters = [dead_letter(event_raw(e), f"store refused row: {exc}", f"{self.src}:{s}", at) for s, e in batch]
+        log.error("events_refused %s", kv(rows=len(batch), error=exc, action="dead_letter"))
+        self.dead_letters(letters, [s for s, _ in batch], park)
+        self.acknowledge(s for s, _ in batch)
+
+    def dead_letters(self, letters: list[DeadLetter], seqs: list[int],
+                     park: Callable[[list[DeadLetter], BaseException], None]) -> None:
+        """Dead letters with their positions: a replay of the log asks the store for them too."""
+        try:
+            self.writer.insert_deadletters(letters, positions=([self.src] * len(letters), seqs))
+        except Exception as exc:
+            park(letters, exc)
 
     @property
     def parked(self) -> ParkedEvents:
