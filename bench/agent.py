@@ -167,16 +167,16 @@ def capture_child(backend: str, n: int, bootstrap: str | None, fastpath: bool = 
     print(json.dumps(out), flush=True)
 
 
-def older_tree(ref: str, into: Path) -> Path:
-    """The agent code of git ``ref`` importable as ``dwcore`` from the returned directory."""
+def older_tree(ref: str, into: Path, parts: tuple[str, ...] = ("agents", "schemas", "detectors")) -> Path:
+    """The code of git ``ref`` (``parts``) importable as ``dwcore`` from the returned directory."""
     src = into / "src"
     src.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "dwcore", "agents", "schemas", "detectors"],
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "dwcore", *parts],
                              capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     path = into / "py"
     shutil.copytree(src / "dwcore", path / "dwcore")
-    for part in ("agents", "schemas", "detectors"):
+    for part in parts:
         (path / "dwcore" / part).symlink_to(src / part)
     return path
 

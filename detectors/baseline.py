@@ -25,6 +25,7 @@ from dwcore.schemas.alert import AnomalyAnalysis
 MODEL_FEATURES: tuple[str, ...] = (
     "writes", "overwrites", "deletes", "renames", "ext_renames", "high_entropy_writes", "dirs", "kib_written",
 )
+_MODEL_INDEX = {name: i for i, name in enumerate(MODEL_FEATURES)}
 ALPHA = 0.05  # ~20-minute memory
 MAX_IDLE_FOLDS = 60  # idle minutes folded in one go (longer gaps count as one hour of zeros)
 MIN_OBSERVED = 20.0  # a spike of fewer events in a minute is never an anomaly, whatever the z
@@ -108,8 +109,9 @@ class Ewma(msgspec.Struct, array_like=True):
             self.minute = minute
             self.current = [0] * len(MODEL_FEATURES)
         if minute == self.minute:
-            for i, name in enumerate(MODEL_FEATURES):
-                v = counts.get(name)
-                if v:
-                    self.current[i] += v
+            current = self.current
+            for name, v in counts.items():
+                i = _MODEL_INDEX.get(name)
+                if i is not None and v:
+                    current[i] += v
         return found

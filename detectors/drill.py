@@ -37,6 +37,8 @@ def path_drill(path: str) -> str | None:
 
 def event_drill(ev: AccessEvent) -> str | None:
     """The drill run this event belongs to: every path it names inside one drill directory."""
+    if DRILL_DIR_PREFIX not in ev.file_path:
+        return None  # the common case, without splitting the path
     run = path_drill(ev.file_path)
     if run is None:
         return None

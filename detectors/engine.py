@@ -26,7 +26,7 @@ from dwcore.detectors.spec import RuleSpec, coded_specs, feature_rule
 from dwcore.detectors.state import Counter, Incident, Item, UserState, copy_state
 from dwcore.logfmt import kv
 from dwcore.schemas.alert import Alert, AnomalyAnalysis
-from dwcore.schemas.event import AccessEvent
+from dwcore.schemas.event import AccessEvent, Source
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ _OV = "\x1e"  # separates an incident key from an override's counting suffix
 @dataclass(frozen=True)
 class _Compiled:
     active: tuple[tuple[RuleSpec, RulePolicy], ...]
+    file_active: tuple[tuple[RuleSpec, RulePolicy], ...]  # ``active`` without the S3-only rules
     rules: dict[str, RulePolicy]
     signals: dict[str, str]
     specs: dict[str, RuleSpec]
@@ -67,7 +68,8 @@ def _compile_uncached(policy: Policy) -> _Compiled:
             active.append((spec, rule))
     rules = {r.name: r for r in policy.rules}
     signals = {s.name: s.signal for s, _ in active}
-    return _Compiled(tuple(active), rules, signals, {s.name: s for s, _ in active})
+    file_active = tuple((s, r) for s, r in active if not s.s3_only)
+    return _Compiled(tuple(active), file_active, rules, signals, {s.name: s for s, _ in active})
 
 
 def _lists(policy: Policy):
@@ -144,14 +146,17 @@ def evaluate(
     events: Sequence[AccessEvent],
     policy: Policy,
     scorer: Scorer | None = None,
+    *,
+    owned: bool = False,
 ) -> tuple[UserState, list[Alert]]:
     """Count ``user``'s events into their state and return the alert versions this batch raised.
 
-    ``state`` is not modified; use the returned one. Events of other users are ignored (state is
-    per user; the caller groups by user). ``scorer`` scores finished minutes with trained models;
-    without it the online EWMA baseline does.
+    ``state`` is not modified (unless ``owned``: the caller hands it over, e.g. freshly decoded,
+    and saves a copy); use the returned one. Events of other users are ignored (state is per user;
+    the caller groups by user). ``scorer`` scores finished minutes with trained models; without it
+    the online EWMA baseline does.
     """
-    st = copy_state(state) if state is not None else UserState()
+    st = (state if owned else copy_state(state)) if state is not None else UserState()
     comp = _compile(policy)
     lists = _lists(policy)
     settings = policy.settings
@@ -169,9 +174,10 @@ def evaluate(
             run.anomalies = found
             facts.add("anomalous_minutes")
         st.horizons.add(t, facts.counts)
-        for key, inc in list(st.incidents.items()):
-            if incident.is_quiet(inc, t):
-                run.close(key, inc)
+        if st.incidents:
+            for key, inc in list(st.incidents.items()):
+                if incident.is_quiet(inc, t):
+                    run.close(key, inc)
         _apply_rules(run, ev, facts, groups)
     for inc in run.touched.values():
         if incident.needs_version(inc, settings.incident_growth):
@@ -186,7 +192,10 @@ def _apply_rules(run: _Run, ev: AccessEvent, facts: Facts, groups: tuple[str, ..
     st, t = run.st, ev.time
     hits: dict[str, list[tuple[RuleSpec, RulePolicy, Counter, int, int]]] = {}
     drill_run = drill.event_drill(ev)
-    for spec, base in run.comp.active:
+    counts = facts.counts
+    for spec, base in run.comp.active if ev.source == Source.S3 else run.comp.file_active:
+        if spec.requires and not counts.get(spec.requires):
+            continue  # cheap gate: key() would say None
         if base.buckets and ev.share not in base.buckets:
             continue  # a rule scoped to some buckets (e.g. the protected ones)
         key = spec.key(ev, facts)

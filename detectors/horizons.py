@@ -18,6 +18,7 @@ FEATURES: tuple[str, ...] = (
     "high_entropy_writes", "dirs", "kib_written", "destructive", "anomalous_minutes",
 )
 INDEX = {name: i for i, name in enumerate(FEATURES)}
+_N = len(FEATURES)
 SLOTS = 10
 HORIZONS_S: tuple[float, ...] = (10.0, 300.0, 3600.0, 86400.0)
 _WIDTH_MS = tuple(int(h * 1000) // SLOTS for h in HORIZONS_S)
@@ -36,20 +37,26 @@ class Horizons(msgspec.Struct, array_like=True):
             return
         if not self.rings:
             self.rings = [Ring() for _ in HORIZONS_S]
+        items = [(INDEX[name], n) for name, n in counts.items()]
         for ring, width in zip(self.rings, _WIDTH_MS, strict=True):
             b = t // width
+            rows = ring.rows
             if ring.newest < 0 or b > ring.newest:
                 gap = b - ring.newest if ring.newest >= 0 else SLOTS
-                for _ in range(min(gap, SLOTS)):
-                    ring.rows.append([0] * len(FEATURES))
-                del ring.rows[: max(0, len(ring.rows) - SLOTS)]
+                if gap >= SLOTS:
+                    ring.rows = rows = [[0] * _N for _ in range(SLOTS)]  # the whole ring has moved on
+                else:
+                    rows.extend([0] * _N for _ in range(gap))
+                    del rows[: max(0, len(rows) - SLOTS)]
                 ring.newest = b
-            age = ring.newest - b
-            if age >= len(ring.rows):
-                continue  # older than this ring holds
-            row = ring.rows[-1 - age]
-            for name, n in counts.items():
-                row[INDEX[name]] += n
+                row = rows[-1]
+            else:
+                age = ring.newest - b
+                if age >= len(rows):
+                    continue  # older than this ring holds
+                row = rows[-1 - age]
+            for i, n in items:
+                row[i] += n
 
     def totals(self, horizon: int, now: int) -> list[int]:
         """Counts per feature in horizon ``horizon`` (index into HORIZONS_S) ending at ``now``."""

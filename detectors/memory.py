@@ -11,15 +11,22 @@ Keys are hashed with blake2b; the state never holds a list of every file.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import msgspec
 
 BLOOM_HASHES = 5
 
 
-def _positions(key: str, nbits: int) -> list[int]:
+@lru_cache(maxsize=1024)
+def _hashes(key: str) -> tuple[int, ...]:
+    # Cached: one event asks several filters about the same path (created? converted? then add).
     digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=4 * BLOOM_HASHES).digest()
-    return [int.from_bytes(digest[i : i + 4], "little") % nbits for i in range(0, 4 * BLOOM_HASHES, 4)]
+    return tuple(int.from_bytes(digest[i : i + 4], "little") for i in range(0, 4 * BLOOM_HASHES, 4))
+
+
+def _positions(key: str, nbits: int) -> list[int]:
+    return [h % nbits for h in _hashes(key)]
 
 
 class RecentSet(msgspec.Struct, array_like=True):
@@ -78,6 +85,7 @@ class Lru(msgspec.Struct, array_like=True):
         return prev
 
 
+@lru_cache(maxsize=1024)
 def short_hash(text: str) -> str:
     """A compact stable key for an LRU (directories can be long)."""
     return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()

@@ -14,9 +14,10 @@ from dwcore.schemas.event import Source
 
 SPECS = (
     counting("mass_rename", "renames", lambda ev, f: f.has("renames") and (f.kind != CHURN or f.unusual_ext),
-             "renames"),
+             "renames", requires="renames"),
     counting("bulk_delete", "deletes of long-lived files",
              # S3 deletes have their own per-principal rules (rules_s3) with thresholds for buckets.
-             lambda ev, f: f.has("deletes_long") and ev.source != Source.S3, "deletes_long"),
-    counting("canary_touch", "canary touches", lambda ev, f: ev.canary, "canary"),
+             lambda ev, f: f.has("deletes_long") and ev.source != Source.S3, "deletes_long", requires="deletes_long"),
+    # classify adds "canary" exactly when ev.canary is set.
+    counting("canary_touch", "canary touches", lambda ev, f: ev.canary, "canary", requires="canary"),
 )

@@ -146,7 +146,8 @@ def _spec(name: str, match: Callable[[AccessEvent], bool], verb: str, unit: str,
     def sentence(user: str, count: int, shares: list[str]) -> str:
         return f"{user} {verb} {amount(count)} in bucket {', '.join(shares) or '?'}."
 
-    return RuleSpec(name, signal, key, _note, weight=weight, sentence=sentence, amount=amount)
+    # Every matcher here starts with _s3(ev): file events skip these rules up front.
+    return RuleSpec(name, signal, key, _note, weight=weight, sentence=sentence, amount=amount, s3_only=True)
 
 
 def _weighted(match: Callable[[AccessEvent], int]) -> Callable[[AccessEvent], bool]:

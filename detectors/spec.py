@@ -44,16 +44,22 @@ class RuleSpec(NamedTuple):
     # One sentence for the alert text: (user, matching events, shares) -> "mallory deleted 1000 objects ...".
     sentence: Callable[[str, int, list[str]], str] | None = None
     amount: Callable[[int], str] | None = None  # the title's "how much" from the peak count (default: files)
+    # Cheap gates the engine checks before calling ``key`` (which must return None when they fail):
+    requires: str = ""  # a feature the event must add
+    s3_only: bool = False  # counts S3 events only
 
 
 def counting(name: str, signal: str, predicate: Callable[[AccessEvent, Facts], bool],
-             feature: str = "") -> RuleSpec:
-    """A per-user counting rule: every event for which ``predicate`` holds counts once."""
+             feature: str = "", requires: str = "") -> RuleSpec:
+    """A per-user counting rule: every event for which ``predicate`` holds counts once.
+
+    ``requires``: a feature without which ``predicate`` never holds (lets the engine skip the call).
+    """
 
     def key(ev: AccessEvent, facts: Facts) -> str | None:
         return "" if predicate(ev, facts) else None
 
-    return RuleSpec(name, signal, key, feature=feature)
+    return RuleSpec(name, signal, key, feature=feature, requires=requires)
 
 
 def feature_rule(name: str, feature: str) -> RuleSpec:
@@ -62,7 +68,7 @@ def feature_rule(name: str, feature: str) -> RuleSpec:
     def key(ev: AccessEvent, facts: Facts) -> str | None:
         return "" if facts.counts.get(feature, 0) > 0 else None
 
-    return RuleSpec(name, feature.replace("_", " "), key, feature=feature)
+    return RuleSpec(name, feature.replace("_", " "), key, feature=feature, requires=feature)
 
 
 @lru_cache(maxsize=1)

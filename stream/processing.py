@@ -134,7 +134,7 @@ def detect_user(
         events = fresh
         if not events:
             return []
-    new_state, alerts = evaluate(current, user, events, policy, scorer)
+    new_state, alerts = evaluate(current, user, events, policy, scorer, owned=True)  # decoded here, ours
     if alerts and before_commit is not None:
         before_commit(alerts)
     state[user] = _stored_encoder.encode(_Stored(last, encode_state(new_state)))
