@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -42,6 +42,19 @@ class _Compiled:
     rules: dict[str, RulePolicy]
     signals: dict[str, str]
     specs: dict[str, RuleSpec]
+    # (S3 event?, the event's features) -> the rules whose gates pass, in ``active`` order. Feature
+    # counts are always positive, so the names alone decide the gates; a few dozen combinations occur.
+    gated: dict[tuple[bool, tuple[str, ...]], tuple[tuple[RuleSpec, RulePolicy], ...]] = field(default_factory=dict)
+
+    def candidates(self, s3: bool, counts: dict[str, int]) -> tuple[tuple[RuleSpec, RulePolicy], ...]:
+        sig = (s3, tuple(counts))
+        hit = self.gated.get(sig)
+        if hit is None:
+            if len(self.gated) >= 4096:
+                self.gated.clear()
+            hit = self.gated[sig] = tuple((spec, rule) for spec, rule in (self.active if s3 else self.file_active)
+                                          if not spec.requires or counts.get(spec.requires))
+        return hit
 
 
 _compiled: dict[int, tuple[Policy, _Compiled]] = {}
@@ -192,10 +205,7 @@ def _apply_rules(run: _Run, ev: AccessEvent, facts: Facts, groups: tuple[str, ..
     st, t = run.st, ev.time
     hits: dict[str, list[tuple[RuleSpec, RulePolicy, Counter, int, int]]] = {}
     drill_run = drill.event_drill(ev)
-    counts = facts.counts
-    for spec, base in run.comp.active if ev.source == Source.S3 else run.comp.file_active:
-        if spec.requires and not counts.get(spec.requires):
-            continue  # cheap gate: key() would say None
+    for spec, base in run.comp.candidates(ev.source == Source.S3, facts.counts):
         if base.buckets and ev.share not in base.buckets:
             continue  # a rule scoped to some buckets (e.g. the protected ones)
         key = spec.key(ev, facts)

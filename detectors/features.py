@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from dwcore.detectors.lists import Lists, extension, parent_dir
+from dwcore.detectors.lists import Lists, base_name, extension, extension_of, parent_dir
 from dwcore.detectors.memory import Lru, RecentSet, short_hash
 from dwcore.detectors.policy import Settings
 from dwcore.schemas.event import AccessEvent, Activity
@@ -187,14 +187,16 @@ def _classify_rename(ev: AccessEvent, mem: Memory, lists: Lists, s: Settings, f:
 
 
 def _name_features(path: str, ev: AccessEvent, mem: Memory, lists: Lists, f: Facts) -> None:
-    ext = extension(path)
+    base = base_name(path)  # split once for the three lookups below
+    ext = extension_of(base)
+    low = base.lower()
     if ext and not lists.is_common(ext) and mem.exts.touch(ext, ev.time, MAX_EXTS_SEEN) is None:
         f.add("new_ext")
     elif ext:
         mem.exts.touch(ext, ev.time, MAX_EXTS_SEEN)
-    if lists.known_extension(path):
+    if lists.known_extension_of(low):
         f.add("known_ext")
         if not f.has("destructive"):
             f.add("destructive")
-    if lists.is_note(path):
+    if lists.is_note_of(low):
         f.add("ransom_notes")

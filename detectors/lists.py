@@ -39,7 +39,11 @@ def base_name(path: str) -> str:
 
 def extension(path: str) -> str:
     """Lower-case last extension with its dot ('.locked'), '' if none. Works for / and \\ paths."""
-    base = base_name(path)
+    return extension_of(base_name(path))
+
+
+def extension_of(base: str) -> str:
+    """``extension`` of a base name already split off its path."""
     dot = base.rfind(".")
     return base[dot:].lower() if dot > 0 and len(base) - dot <= MAX_EXT_LEN else ""
 
@@ -118,7 +122,10 @@ class Lists:
 
     def known_extension(self, path: str) -> str | None:
         """The known ransomware extension the name ends with, if any (longest match)."""
-        base = base_name(path).lower()
+        return self.known_extension_of(base_name(path).lower())
+
+    def known_extension_of(self, base: str) -> str | None:
+        """``known_extension`` of a lower-cased base name."""
         i = base.find(".", 1)
         while i != -1:
             if base[i:] in self.extensions:
@@ -133,7 +140,10 @@ class Lists:
         return ext in self.common
 
     def is_note(self, path: str) -> bool:
-        base = base_name(path).lower()
+        return self.is_note_of(base_name(path).lower())
+
+    def is_note_of(self, base: str) -> bool:
+        """``is_note`` of a lower-cased base name."""
         if base in self.note_names:
             return True
         rx = self.note_globs.get(base[:2])

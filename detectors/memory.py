@@ -11,18 +11,19 @@ Keys are hashed with blake2b; the state never holds a list of every file.
 from __future__ import annotations
 
 import hashlib
+import struct
 from functools import lru_cache
 
 import msgspec
 
 BLOOM_HASHES = 5
+_UNPACK = struct.Struct(f"<{BLOOM_HASHES}I").unpack  # the digest as little-endian 32-bit words
 
 
 @lru_cache(maxsize=1024)
 def _hashes(key: str) -> tuple[int, ...]:
     # Cached: one event asks several filters about the same path (created? converted? then add).
-    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=4 * BLOOM_HASHES).digest()
-    return tuple(int.from_bytes(digest[i : i + 4], "little") for i in range(0, 4 * BLOOM_HASHES, 4))
+    return _UNPACK(hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=4 * BLOOM_HASHES).digest())
 
 
 def _positions(key: str, nbits: int) -> list[int]:
@@ -61,8 +62,12 @@ class RecentSet(msgspec.Struct, array_like=True):
         nbits = self.nbytes * 8
         pos = _positions(key, nbits)
         for gen in (self.new, self.old):
-            if gen and all(gen[p >> 3] & (1 << (p & 7)) for p in pos):
-                return True
+            if gen:
+                for p in pos:
+                    if not gen[p >> 3] & (1 << (p & 7)):
+                        break
+                else:
+                    return True
         return False
 
     def expire(self, t: int, span_ms: int) -> None:
@@ -76,9 +81,11 @@ class Lru(msgspec.Struct, array_like=True):
 
     def touch(self, key: str, t: int, cap: int) -> int | None:
         """Record ``key`` at ``t``; return when it was last seen before (None = never/forgotten)."""
-        prev = self.seen.get(key)
-        self.seen[key] = max(t, prev or 0)
-        if len(self.seen) > cap + cap // 4:
+        seen = self.seen
+        prev = seen.get(key)
+        last = prev or 0
+        seen[key] = t if t > last else last
+        if len(seen) > cap + cap // 4:
             # Trim in steps, not per event: sorting on every insert at the cap would cost O(n log n).
             for k in sorted(self.seen, key=self.seen.__getitem__)[: len(self.seen) - cap]:
                 del self.seen[k]
