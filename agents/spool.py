@@ -93,6 +93,7 @@ class Spool:
         self._segments: dict[int, _Segment] = {}
         self._active: _Segment | None = None
         self._active_fd: int | None = None
+        self._dirty = False  # the active segment holds writes not fsync'ed yet (append(sync=False))
         self.counters = {"appended": 0, "acked": 0, "torn": 0, "segments_deleted": 0, "full": 0}
         self._load()
 
@@ -147,9 +148,11 @@ class Spool:
 
     # writing
 
-    def append(self, records: Sequence[tuple[bytes, bytes]]) -> list[RecordId]:
+    def append(self, records: Sequence[tuple[bytes, bytes]], *, sync: bool = True) -> list[RecordId]:
         """Durably appends (key, value) records as one write + fsync; returns their ids in order.
-        Raises SpoolFullError (nothing written) when the disk is full."""
+        Raises SpoolFullError (nothing written) when the disk is full. ``sync=False``: written but
+        not fsync'ed; the caller makes it durable later through ``dup_active`` (or the segment is
+        fsync'ed when it is sealed)."""
         if not records:
             return []
         parts: list[bytes] = []
@@ -168,8 +171,11 @@ class Spool:
             written = 0
             while written < len(blob):
                 written += os.write(fd, memoryview(blob)[written:])
-            if self._fsync:
+            if self._fsync and sync:
                 os.fsync(fd)
+                self._dirty = False
+            elif self._fsync:
+                self._dirty = True
         except OSError as exc:
             # Roll back to the last whole batch so the segment never holds half of this one.
             try:
@@ -211,11 +217,19 @@ class Spool:
             self._fsync_dir()
         return self._active, self._active_fd
 
+    def dup_active(self) -> int | None:
+        """A duplicate of the active segment's descriptor (the caller fsyncs and closes it, outside
+        its own lock), or None when there is none: earlier segments were fsync'ed when sealed."""
+        return os.dup(self._active_fd) if self._active_fd is not None and self._dirty else None
+
     def _seal_active(self) -> None:
         if self._active is None:
             return
         seg, self._active = self._active, None
         if self._active_fd is not None:
+            if self._dirty:  # appended with sync=False: durable before its descriptor goes
+                os.fsync(self._active_fd)
+                self._dirty = False
             os.close(self._active_fd)
             self._active_fd = None
         seg.sealed = True

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dataward.agent_pipeline import build_stages, watcher_class
+from dataward.alert_timing import log_alert_timing
 from dataward.alerting import build_router
 from dataward.config import Config
 from dataward.datadir import DataDirLock
@@ -63,16 +64,6 @@ class BackupHook(Protocol):
     def on_events(self, events: Sequence[AccessEvent]) -> None: ...
 
 
-def _log_timing(events: Sequence[AccessEvent], alerts: Sequence[Alert], taken: float, detected: float) -> None:
-    """Where an alert's time went (epoch ms): the newest event of its batch seen by the watcher,
-    the batch taken by detection, detected, and handed to every subscriber (console, JSONL)."""
-    emitted, seen = int(time.time() * 1000), max(ev.time for ev in events)
-    for a in alerts:
-        log.info("alert_timing %s", kv(uid=a.uid, version=a.version, severity=a.severity, events=len(events),
-                                       seen_ms=seen, taken_ms=int(taken * 1000),
-                                       detected_ms=int(detected * 1000), emitted_ms=emitted))
-
-
 class EmbeddedPipeline:
     """Start with start(); stop with stop() (idempotent). on_alert is called for each alert."""
 
@@ -103,6 +94,8 @@ class EmbeddedPipeline:
         self._batcher: Batcher[Logged] | None = None
         self._wal: EventWal | None = None
         self._stream: WalStream | None = None
+        self._batch_top = -1  # the highest log number of the batch in detection
+        self._durable_at = 0.0
         self._publish_lock = threading.Lock()  # log order = bus order = store order (custody seals ranges)
         self._guard: BlindGuard | None = None
         self._sealer: Sealer | None = None
@@ -250,10 +243,15 @@ class EmbeddedPipeline:
             self._router.publish(alerts)
 
     def publish(self, events: list[AccessEvent]) -> None:
-        """Hand events on: logged durably first (one fsync per batch), then onto the bus."""
+        """Hand events on: written to the log, onto the bus, then fsync'ed while detection already
+        works on them. An alert waits for its batch's records to be on disk (``_commit``)."""
         assert self._wal is not None
         with self._publish_lock:
-            self.bus.publish(self._wal.append(events))
+            self.bus.publish(self._wal.append(events, sync=False))
+        try:
+            self._wal.sync()
+        except OSError as exc:  # on the bus already: never handed back (a retry would log it twice)
+            log.warning("wal_sync_failed %s", kv(events=len(events), error=exc, action="retry_before_alert"))
 
     def _wal_unreadable(self, seq: int, raw: bytes, reason: str) -> None:
         assert self._stream is not None
@@ -275,6 +273,7 @@ class EmbeddedPipeline:
     def _process(self, logged: list[Logged]) -> None:
         assert self._batcher is not None and self._store is not None
         taken = time.time()
+        self._batch_top = logged[-1][0]  # numbers only grow along the bus
         # Raw bytes in a name were repaired to the lossless escaped form when they were logged.
         events = [e for _, e in logged]
         EVENTS_RECEIVED.inc(len(events))
@@ -289,7 +288,7 @@ class EmbeddedPipeline:
             detected = time.time()
             self._router.publish(alerts)
             if alerts:
-                _log_timing(user_events, alerts, taken, detected)
+                log_alert_timing(user_events, alerts, taken, detected, self._durable_at)
         if self.backup:  # after detection: a batch that raised an alert has already halted the backup
             self.backup.on_events(events)
         self._batcher.add_many(logged)
@@ -312,7 +311,13 @@ class EmbeddedPipeline:
         return alerts
 
     def _commit(self, alerts: list[Alert]) -> None:
-        assert self._router is not None
+        """Before an alert exists anywhere (outbox, pager, screen): the records of its batch are
+        on disk, so no alert ever names an event a crash could lose. After 5 s of failing fsyncs
+        the alert goes out anyway (an attack outranks a sick disk), and says so in the log."""
+        assert self._router is not None and self._wal is not None
+        if alerts and not self._wal.wait_durable(self._batch_top):
+            log.error("alert_before_durable %s", kv(seq=self._batch_top, alerts=len(alerts)))
+        self._durable_at = time.time()
         self._router.commit(alerts)
 
     def _emit_alert(self, alert: Alert) -> None:

@@ -19,6 +19,7 @@ these numbers: ``WalStream`` is the events batcher's sink.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import threading
 import time
@@ -64,16 +65,21 @@ class EventWal:
             self._ids[seq] = rid
             top = max(top, seq)
         self._next = top + 1
-        self.counters = {"appended": 0, "acked": 0, "replayed": 0, "already_stored": 0, "unreadable": 0}
+        self._logged = top  # the highest number written to the log
+        self._synced = top  # every record up to this number is on disk (fsync'ed)
+        self._sync_lock = threading.Lock()  # one fsync at a time; a waiter finds its record done
+        self.counters = {"appended": 0, "acked": 0, "replayed": 0, "already_stored": 0, "unreadable": 0,
+                         "syncs": 0}
 
     @property
     def pending(self) -> int:
         with self._lock:
             return len(self._ids)
 
-    def append(self, events: Sequence[AccessEvent]) -> list[Logged]:
+    def append(self, events: Sequence[AccessEvent], *, sync: bool = True) -> list[Logged]:
         """Durably logs ``events`` (one write, one fsync) and returns them with their numbers.
-        Raises (nothing is handed on) when the disk refuses: the watcher keeps and retries the batch."""
+        Raises (nothing is handed on) when the disk refuses: the watcher keeps and retries the batch.
+        ``sync=False``: written, not yet fsync'ed; ``sync()`` or ``wait_durable()`` make it durable."""
         if not events:
             return []
         try:
@@ -84,11 +90,52 @@ class EventWal:
         with self._lock:
             first = self._next
             seqs = range(first, first + len(events))
-            ids = self._spool.append([(_SEQ.pack(s), v) for s, v in zip(seqs, values, strict=True)])
+            ids = self._spool.append([(_SEQ.pack(s), v) for s, v in zip(seqs, values, strict=True)], sync=sync)
             self._next = first + len(events)
+            self._logged = seqs[-1]
+            if sync:  # this fsync covers the whole active segment; sealed ones were fsync'ed
+                self._synced = self._logged
             self._ids.update(zip(seqs, ids, strict=True))
             self.counters["appended"] += len(events)
         return list(zip(seqs, events, strict=True))
+
+    def sync(self) -> None:
+        """Makes every record written so far durable: one fsync, outside the lock (appends and
+        acknowledgements go on meanwhile). Raises OSError when the disk fails it."""
+        with self._sync_lock:
+            with self._lock:
+                target = self._logged
+                if self._synced >= target:
+                    return
+                fd = self._spool.dup_active()
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            with self._lock:
+                self._synced = max(self._synced, target)
+                self.counters["syncs"] += 1
+
+    def durable(self, seq: int) -> bool:
+        with self._lock:
+            return self._synced >= seq
+
+    def wait_durable(self, seq: int, timeout_s: float = 5.0) -> bool:
+        """Until the record numbered ``seq`` is on disk (syncing it here if no one else is). False
+        when the disk kept failing the fsync for ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while not self.durable(seq):
+            try:
+                self.sync()
+            except OSError as exc:
+                log.error("wal_sync_failed %s", kv(seq=seq, error=exc, action="retry"))
+                if time.monotonic() + delay > deadline:
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return True
 
     def reserve(self, n: int) -> list[int]:
         """``n`` numbers for rows that have a durable copy elsewhere (a parked file): in flight

@@ -4,7 +4,10 @@ position and the rest stored; parked events come back sealed once, even when the
 replayed twice; hostile paths are stored verbatim; the custody chain verifies."""
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import threading
 import time
 
 import pytest
@@ -117,3 +120,42 @@ def test_parked_events_replay_sealed_once_with_hostile_paths_verbatim(config, tm
     finally:
         pipeline.stop()
     assert chain(config) == (8, 0)  # parked rows sealed like the others, once
+
+
+def test_detection_works_while_the_log_is_fsynced_and_an_alert_waits_for_its_events_on_disk(
+        config, tmp_path, monkeypatch, caplog):
+    pipeline = run(config, tmp_path)
+    assert pipeline._wal is not None
+    wal = pipeline._wal
+    seen: list[tuple[str, bool, float]] = []  # alert uid, its batch on disk when the alert went out, when
+    pipeline.subscribe(lambda a: seen.append((a.uid, wal.durable(wal._logged), time.time())))
+    fsynced: list[float] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # a slow disk: the record reaches it 0.5 s after the write
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.5)
+        real_fsync(fd)
+        fsynced.append(time.time())
+
+    caplog.set_level(logging.INFO, logger="dataward.embedded")
+    pipeline.publish([ev(0)])  # the log's segment exists (a new segment's directory entry is fsynced inline)
+    try:
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        t0 = int(time.time() * 1000)
+        published = time.time()
+        pipeline.publish([make_event(Activity.RENAME, uid=f"r{i:03d}", time=t0 + i, user_name="mallory",
+                                     device="fs1", file_path=f"/share/d/{i}.csv",
+                                     file_new_path=f"/share/d/{i}.csv.locked") for i in range(300)])
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        wait_for(lambda: seen, 30, what="the mass-rename alert")
+    finally:
+        pipeline.stop()
+    timing = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("alert_timing"))
+    fields = dict(kv.split("=", 1) for kv in timing.split()[1:])
+    synced_ms = int(min(fsynced) * 1000)
+    # Detection had the batch while the fsync was still running (publish returned only after it)...
+    assert int(fields["taken_ms"]) < synced_ms and published * 1000 < synced_ms
+    # ...and no alert existed before its events' records were on disk.
+    assert all(durable for _, durable, _ in seen)
+    assert int(fields["durable_ms"]) >= synced_ms and min(at for _, _, at in seen) * 1000 >= synced_ms

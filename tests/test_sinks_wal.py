@@ -92,3 +92,22 @@ def test_a_record_the_schema_refuses_is_handed_over_as_a_dead_letter_not_dropped
     assert [(seq, b'"uid":"w0001"' in raw) for seq, raw, _ in refused] == [(1, True)]
     assert "file_path" in refused[0][2] and again.pending == 1  # the refused one is acknowledged
     again.close()
+
+
+def test_a_batch_written_unsynced_is_durable_only_after_sync_and_a_waiter_syncs_it_itself(store, tmp_path):
+    wal = EventWal(tmp_path / "wal", 0)
+    logged = wal.append([ev(i) for i in range(5)], sync=False)
+    top = logged[-1][0]
+    assert not wal.durable(top) and wal.counters["syncs"] == 0
+    assert wal.wait_durable(top)  # nobody else synced: the waiter does, once
+    assert wal.durable(top) and wal.counters["syncs"] == 1
+    wal.sync()
+    assert wal.counters["syncs"] == 1  # nothing new written: no second fsync
+    more = wal.append([ev(5)], sync=False)
+    assert not wal.durable(more[0][0]) and wal.durable(top)
+    wal.append([ev(6)])  # a synced append covers everything written before it
+    assert wal.durable(more[0][0] + 1) and wal.counters["syncs"] == 1
+    wal.close()
+    again = EventWal(tmp_path / "wal", 0)
+    assert again.pending == 7 and again.durable(6)  # what is read back from disk is on disk
+    again.close()
