@@ -17,8 +17,9 @@ class Heartbeater:
 
     def __init__(self, device: str, version: str, interval_s: float, stats: Callable[[], tuple[int, int, int, bool]],
                  send: Callable[[Heartbeat], None], *, agent: str = "file",
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, stalled_status: str = "kafka_unreachable") -> None:
         self.device, self.version, self.agent = device, version, agent
+        self.stalled_status = stalled_status  # what a spool that stopped draining means for this agent
         self.interval_s = interval_s
         self._stats = stats
         self._send = send
@@ -35,7 +36,7 @@ class Heartbeater:
         if acked != self._last_acked or depth == 0:
             self._last_acked, self._progress_at = acked, now
         lag = int((now - self._progress_at) * 1000) if depth else None
-        status = "spool_full" if full else "kafka_unreachable" if lag is not None and lag > 30_000 else "ok"
+        status = "spool_full" if full else self.stalled_status if lag is not None and lag > 30_000 else "ok"
         hb = Heartbeat(time=int(now * 1000), device=self.device, agent=self.agent, version=self.version,
                        events_seen=seen, spool_depth=depth, lag_ms=lag, status=status)
         self._send(hb)

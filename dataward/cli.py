@@ -94,6 +94,10 @@ def run(
         from dataward.backup_embedded import EmbeddedBackup
 
         backup = EmbeddedBackup(cfg, [str(w) for w in watch])
+        from dwcore.metrics import BACKUP_HALTED
+
+        gate = backup.parts.gate
+        BACKUP_HALTED.set_function(lambda: 1.0 if gate.closed else 0.0)
     pipeline = EmbeddedPipeline(cfg, _policy(cfg), [str(w) for w in watch], on_alert=print_alert, backup=backup)
     from dataward.datadir import DataDirInUse
 

@@ -18,9 +18,11 @@ from dataward.alert_timing import log_alert_timing
 from dataward.alerting import build_router
 from dataward.config import Config
 from dataward.datadir import DataDirLock
+from dataward.embedded_heartbeat import embedded_heartbeater
 from dataward.model_train import load_models
 from dataward.privacy import make_private
 from dataward.store_alarm import alarm_when_disk_full
+from dwcore.agents.heartbeat import Heartbeater
 from dwcore.agents.inotify_limits import ensure_queue_size
 from dwcore.agents.lean_watcher import LeanWatcher
 from dwcore.agents.pipeline import chain
@@ -110,6 +112,7 @@ class EmbeddedPipeline:
         self._server: QueryServer | None = None
         self._watcher: FileWatcher | LeanWatcher | None = None
         self._thread: threading.Thread | None = None
+        self._beats: Heartbeater | None = None
         self._stopped = False
 
     def start(self) -> None:
@@ -194,6 +197,12 @@ class EmbeddedPipeline:
             self._watcher.on_queue_overflow = overflow  # type: ignore[method-assign]
         self._watcher.start()
         self._guard.start(cap.rescan_at_start)  # after the watches exist: nothing falls in between
+        if cap.heartbeat_s > 0:  # rows in its own heartbeats table: `dataward status` shows this agent
+            watcher, wal = self._watcher, self._wal
+            self._beats = embedded_heartbeater(self.config.device, cap.heartbeat_s, lambda: watcher.counters["seen"],
+                                               lambda: wal.pending, lambda: wal.counters["acked"], store.writer)
+            self._beats.beat()  # at once: a fresh run shows in status before the first interval
+            self._beats.start()
         log.info("embedded_started %s",
                  kv(watch=",".join(self.watch), data_dir=self.config.data_dir, query=self.query_url))
 
@@ -357,6 +366,8 @@ class EmbeddedPipeline:
             return
         self._stopped = True
         # Order matters: no new events, then drain what is in flight, then flush, then close.
+        if self._beats:
+            self._beats.stop()
         if self._guard:
             self._guard.stop(snapshot=False)
         if self._watcher:

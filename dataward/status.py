@@ -21,7 +21,8 @@ STALE_AFTER_BEATS = 3  # an agent silent for this many heartbeat intervals is sh
 
 _AGENTS_SQL = """
 SELECT device, agent, argMax(version, time), toUnixTimestamp64Milli(max(time)), argMax(status, time),
-       argMax(events_seen, time), argMax(spool_depth, time), argMax(lag_ms, time)
+       argMax(events_seen, time), argMax(spool_depth, time),
+       tupleElement(argMax(tuple(lag_ms), time), 1)  -- in a tuple: argMax skips a bare NULL, the latest may be one
 FROM heartbeats GROUP BY device, agent ORDER BY device, agent"""
 
 _INCIDENTS_SQL = """
@@ -54,7 +55,7 @@ class AgentStatus(msgspec.Struct, frozen=True):
     last_heartbeat: int  # epoch ms
     age_s: float  # how long ago, when the status was taken
     stale: bool  # silent for STALE_AFTER_BEATS heartbeat intervals
-    status: str  # ok | kafka_unreachable | spool_full (the agent's own word)
+    status: str  # ok | kafka_unreachable | spool_full | store_unavailable (the agent's own word)
     events_seen: int
     spool_depth: int  # events not yet acked by Kafka
     lag_ms: int | None  # age of the oldest of them (None: nothing pending)

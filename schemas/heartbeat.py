@@ -14,7 +14,7 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     events_seen: int
     spool_depth: int  # events not yet acked by Kafka
     lag_ms: int | None = None  # how long the oldest pending event has waited for Kafka (None: nothing pending)
-    status: str = "ok"  # ok | kafka_unreachable | spool_full
+    status: str = "ok"  # ok | kafka_unreachable | spool_full | store_unavailable (embedded run)
 
 
 _decoder = msgspec.json.Decoder(Heartbeat)

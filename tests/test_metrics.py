@@ -103,3 +103,79 @@ def test_metrics_are_off_by_default_and_a_taken_port_is_a_clear_error(tmp_path):
     cfg = MetricsConfig()
     assert (cfg.agent_port, cfg.worker_port, cfg.sink_port, cfg.backup_port, cfg.run_port) == (0, 0, 0, 0, 0)
     assert cfg.host == "127.0.0.1"
+
+
+def test_embedded_run_serves_its_metrics_and_the_backup_halt(tmp_path, moto_endpoint, s3_bucket, dataward_proc):
+    """`dataward run` with a backup: events in and stored after a burst, the alert raised, and
+    dataward_backup_halted goes 0 -> 1 when the attack halts the backup."""
+    from dataward.simulate import simulate_rename
+
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "clean.txt").write_text("clean")
+    port = _free_port()
+    run = dataward_proc("run", "--watch", str(share), "--data-dir", str(tmp_path / "state"),
+                        "--backup-bucket", s3_bucket(), "--backup-endpoint-url", moto_endpoint,
+                        env={"DATAWARD_METRICS_RUN_PORT": str(port)})
+    run.wait_ready(90)
+    before = scrape(port)
+    assert value(before, "dataward_backup_halted") == 0.0 and value(before, "dataward_alerts_raised_total") == 0
+
+    files = 12
+    for i in range(files):
+        (share / f"m{i}.txt").write_text("metrics " * 20)
+
+    def stored():
+        s = scrape(port)
+        return s if value(s, "dataward_rows_stored_total", table="events") >= files else None
+
+    got = wait_for(stored, 60, interval=0.5, what="the run's stored events in its metrics")
+    assert value(got, "dataward_events_received_total") >= files
+    assert value(got, "dataward_batch_rows_count", stage="detect") >= 1
+    assert value(got, "dataward_backup_halted") == 0.0
+
+    simulate_rename(share, 120, ".locked", show_progress=False)
+
+    def halted():
+        s = scrape(port)
+        return s if value(s, "dataward_backup_halted") == 1.0 else None
+
+    got = wait_for(halted, 60, interval=0.5, what="dataward_backup_halted after the attack")
+    assert value(got, "dataward_alerts_raised_total") >= 1
+    assert value(got, "dataward_backup_halts_total") == 1
+    assert value(got, "dataward_events_received_total") >= files + 240  # creates and renames
+    assert run.stop() == 0
+
+
+def test_backup_controller_serves_its_metrics_and_halts(tmp_path, kafka_bootstrap, kafka_topics, topic_prefix,
+                                                        moto_endpoint, s3_bucket, dataward_proc):
+    """`dataward backup controller` on the real broker: an alert on dw.alerts halts the backup, and
+    the scrape shows it (dataward_backup_halted 0 -> 1, one halt counted)."""
+    from dwcore.schemas.alert import Alert, Severity
+    from dwcore.schemas.codec import encode
+
+    port = _free_port()
+    ctl = dataward_proc("backup", "controller", "--bootstrap", kafka_bootstrap, "--topic-prefix", topic_prefix,
+                        "--data-dir", str(tmp_path / "ctl"),
+                        env={"DATAWARD_METRICS_BACKUP_PORT": str(port), "DATAWARD_BACKUP_BUCKET": s3_bucket(),
+                             "DATAWARD_BACKUP_ENDPOINT_URL": moto_endpoint})
+    ctl.wait_ready(90)
+    before = scrape(port)
+    assert value(before, "dataward_backup_halted") == 0.0 and value(before, "dataward_backup_halts_total") == 0
+    assert ("process_resident_memory_bytes", ()) in before
+
+    alert = Alert(uid="inc-metrics-1", title="Mass rename by mallory", rule="mass_rename", rule_uid="r1",
+                  severity=Severity.CRITICAL, severity_id=Severity.CRITICAL.ocsf_id, user="mallory",
+                  first_seen=1_700_000_000_000, detected_at=1_700_000_001_000, signal="renames", observed=200,
+                  threshold=25, window_s=10, file_count=200, paths=["/srv/share/a.locked"])
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(kafka_topics.alerts, key=b"mallory", value=encode(alert))
+    assert producer.flush(20) == 0
+
+    def halted():
+        s = scrape(port)
+        return s if value(s, "dataward_backup_halted") == 1.0 else None
+
+    got = wait_for(halted, 60, interval=0.5, what="dataward_backup_halted after the alert")
+    assert value(got, "dataward_backup_halts_total") == 1
+    assert ctl.stop() == 0

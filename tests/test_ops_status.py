@@ -116,3 +116,32 @@ def test_status_of_an_empty_store_and_of_none(tmp_path):
     assert (doc["agents"], doc["open_incidents"], doc["backup"]["state"]) == ([], 0, "not configured")
     missing = run_cli("status", "--data-dir", str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "cannot read the store" in missing.stderr
+
+
+def test_embedded_run_shows_in_status_through_its_heartbeats(tmp_path, dataward_proc):
+    """`dataward run` writes its agent's heartbeats into its own store: `dataward status` lists it,
+    fresh, with the events it saw and nothing waiting for the store."""
+    share, state = tmp_path / "share", tmp_path / "state"
+    share.mkdir()
+    run = dataward_proc("run", "--watch", str(share), "--data-dir", str(state),
+                        env={"DATAWARD_CAPTURE_HEARTBEAT_S": "1", "DATAWARD_AGENT_DEVICE": "fs-embedded"})
+    run.wait_ready(90)
+    for i in range(5):
+        (share / f"f{i}.txt").write_text("x")
+
+    def agent_row():
+        res = run_cli("status", "--data-dir", str(state), "--format", "json")
+        if res.returncode != 0:
+            return None
+        rows = [a for a in json.loads(res.stdout)["agents"] if a["device"] == "fs-embedded"]
+        # seen by the watcher, then stored: nothing left waiting in the write-ahead log
+        return rows[0] if rows and rows[0]["events_seen"] >= 5 and rows[0]["spool_depth"] == 0 else None
+
+    from tests.procs import wait_for
+
+    row = wait_for(agent_row, 60, interval=1, what="the run's heartbeat with its events in status")
+    assert (row["agent"], row["status"], row["stale"], row["lag_ms"]) == ("file", "ok", False, None)
+    assert row["age_s"] < 10
+    screen = run_cli("status", "--data-dir", str(state), env={"COLUMNS": "200"})
+    assert "fs-embedded" in screen.stdout and "no heartbeat stored yet" not in screen.stdout
+    assert run.stop() == 0
