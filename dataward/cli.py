@@ -111,11 +111,17 @@ def run(
     except Exception:
         pipeline.stop()
         raise
+    from dataward.alert_inbox import AlertInbox
+
+    assert pipeline.store is not None
+    inbox = AlertInbox(cfg.data_dir, pipeline.store.writer.insert_alerts)  # e.g. a failed `dataward selftest`
+    inbox.start()
     _ready(f"watching {', '.join(pipeline.watch)}; query endpoint {pipeline.query_url}"
            + (f"; backup to s3://{cfg.backup.bucket}/{cfg.backup.prefix}" if backup else ""))
     try:
         stop.wait()
     finally:
+        inbox.stop()
         if backup:
             backup.stop()
         pipeline.stop()

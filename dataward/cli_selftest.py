@@ -31,6 +31,10 @@ def selftest(
     data_dir: Annotated[str | None, typer.Option("--data-dir", help="State directory of the running `dataward "
                                                  "run` or ClickHouse sink; the result is appended to "
                                                  "<data-dir>/selftest.jsonl.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Where a failure alert is stored: embedded (the inbox "
+                                      "of the `dataward run` owning --data-dir), distributed (dw.alerts, stored by "
+                                      "the sink) or auto (embedded when --data-dir holds a run's write-ahead "
+                                      "log).")] = "auto",
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (or DATAWARD_CONFIG).")]
     = None,
 ) -> None:
@@ -38,20 +42,35 @@ def selftest(
     setup_logging("warning")
     if fmt not in ("table", "json"):
         raise typer.BadParameter(f"unknown format {fmt!r}: use table or json")
+    if mode not in ("auto", "embedded", "distributed"):
+        raise typer.BadParameter(f"unknown mode {mode!r}: use auto, embedded or distributed")
     if not directory.is_dir():
         err.print(Text(f"not a directory: {inert(directory)}", style="red"))
         raise typer.Exit(2)
     from dataward.cli_common import load_cli_config as _config
-    from dataward.selftest import failure_alert, raise_failure, run_selftest, store_result
+    from dataward.selftest import (
+        deliver_directly,
+        failure_alert,
+        raise_failure,
+        resolve_mode,
+        run_selftest,
+        store_failure,
+        store_result,
+    )
 
     cfg = _config(config, data_dir=data_dir)
     result = run_selftest(cfg, directory, timeout, files)
     if not result.passed:
         alert = failure_alert(result, int(time.time() * 1000))
         result = msgspec.structs.replace(result, failure_alert_uid=alert.uid)
-        sent = raise_failure(cfg, alert)
-        err.print(Text(f"self-test FAILED: alert {alert.uid} raised to {sent} destination(s)"
-                       + (" and the alerts JSONL file" if cfg.alerts_jsonl else ""), style="bold red"))
+        used = resolve_mode(cfg, mode)
+        handed, where = store_failure(cfg, alert, used)
+        direct = deliver_directly(result, used, handed)
+        sent = raise_failure(cfg, alert, deliver=direct)
+        err.print(Text(f"self-test FAILED: alert {alert.uid} raised to "
+                       + (f"{sent} destination(s)" if direct else "the deliverer")
+                       + (" and the alerts JSONL file" if cfg.alerts_jsonl else "")
+                       + (f"; for the store: {where}" if handed else f"; NOT stored: {where}"), style="bold red"))
     path = store_result(cfg, result)
     if fmt == "json":
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")

@@ -12,8 +12,16 @@ store the deployment writes, with the time it took from the start of the burst:
 
 Each result is one JSON line in ``<data_dir>/selftest.jsonl`` (the embedded store belongs to the
 running process and its query endpoint is read-only, so results go beside it, not into it). A failed
-self-test raises a real alert (``selftest_failed``, high, never a drill) through the configured
-destinations, and to the alerts JSONL file when one is configured.
+self-test raises a real alert (``selftest_failed``, high, never a drill, tagged ``dataward.selftest``
+so that no backup halts for it), stored like any alert (``store_failure``):
+
+- distributed: published to dw.alerts, where the sink stores it and the deliverer pages with it;
+- embedded: dropped in ``<data_dir>/alert-inbox/``, which the running `dataward run` stores (also
+  when it starts again, if it was down).
+
+It is delivered straight from the self-test too when it could not be published, or when the
+deliverer is what failed (the delivery stage), and written to the alerts JSONL file when one is
+configured.
 """
 from __future__ import annotations
 
@@ -37,7 +45,7 @@ from dataward.simulate import (
 )
 from dwcore.detectors.drill import drill_dir_name
 from dwcore.logfmt import kv
-from dwcore.schemas.alert import Alert, Severity
+from dwcore.schemas.alert import SELFTEST_TAG, Alert, Severity
 from dwcore.sinks.backup_controller import HaltPolicy, should_halt
 from dwcore.sinks.errors import StoreError
 
@@ -173,12 +181,12 @@ def failure_alert(result: SelftestResult, now_ms: int) -> Alert:
         f"{first.detail}", rule="selftest_failed", rule_uid=str(SELFTEST_NAMESPACE), severity=Severity.HIGH,
         severity_id=Severity.HIGH.ocsf_id, user="dataward", first_seen=result.started_at, detected_at=now_ms,
         signal="failed stages", observed=float(len(failed)), threshold=1.0, window_s=0.0, file_count=0,
-        paths=[result.directory], devices=[result.device], tags=["dataward.selftest"],
+        paths=[result.directory], devices=[result.device], tags=[SELFTEST_TAG],
         description=f"The daily self-test (drill {result.run_id} in {result.directory}) failed: {text}. "
                     "Until it passes again, an attack may go unnoticed.", last_seen=now_ms)
 
 
-def raise_failure(cfg: Config, alert: Alert) -> int:
+def raise_failure(cfg: Config, alert: Alert, deliver: bool = True) -> int:
     """Deliver the failure alert through the configured destinations (own outbox beside the
     pipeline's, which belongs to the running process) and the alerts JSONL file; returns how
     many destinations had it queued and delivered or still pending after the wait."""
@@ -191,7 +199,7 @@ def raise_failure(cfg: Config, alert: Alert) -> int:
             writer.write_many([alert])
         finally:
             writer.close()
-    if not cfg.alerts.destinations:
+    if not deliver or not cfg.alerts.destinations:
         return 0
     outbox = Path(cfg.data_dir) / "selftest-outbox"
     own = msgspec.structs.replace(cfg, alerts=msgspec.structs.replace(cfg.alerts, outbox_dir=str(outbox)))
@@ -204,6 +212,54 @@ def raise_failure(cfg: Config, alert: Alert) -> int:
     finally:
         router.stop()
     return len(router.destinations)
+
+
+def resolve_mode(cfg: Config, mode: str) -> str:
+    """auto: embedded when the data dir is a `dataward run`'s (its write-ahead log is there)."""
+    if mode in ("embedded", "distributed"):
+        return mode
+    if mode != "auto":
+        raise ValueError(f"mode must be auto, embedded or distributed, not {mode!r}")
+    embedded = cfg.store_dsn.startswith("chdb://") and (Path(cfg.data_dir) / "wal").is_dir()
+    return "embedded" if embedded else "distributed"
+
+
+def store_failure(cfg: Config, alert: Alert, mode: str, timeout_s: float = 10.0) -> tuple[bool, str]:
+    """Hands the failure alert to the store's writer: (handed over, where/why not)."""
+    if mode == "embedded":
+        from dataward.alert_inbox import drop
+
+        path = drop(cfg.data_dir, alert)
+        return True, f"the inbox of the run ({path.parent}), stored by it"
+    from confluent_kafka import KafkaException, Producer
+
+    from dwcore.schemas.codec import encode
+    from dwcore.schemas.topics import Topics
+
+    topic = Topics.with_prefix(cfg.kafka.topic_prefix).alerts
+    failed: list[str] = []
+    try:
+        producer = Producer({**cfg.kafka.client_config(), "message.timeout.ms": int(timeout_s * 1000)})
+        producer.produce(topic, key=alert.user.encode(), value=encode(alert),
+                         on_delivery=lambda err, _msg: failed.append(str(err)) if err else None)
+        left = producer.flush(timeout_s + 2)
+    except (KafkaException, BufferError) as exc:
+        failed.append(str(exc))
+        left = 0
+    if left or failed:
+        why = failed[0] if failed else "no acknowledgement"
+        log.warning("selftest_failure_not_published %s", kv(topic=topic, error=why[:200]))
+        return False, f"not published to {topic} ({why[:200]})"
+    return True, f"{topic}, stored by the sink"
+
+
+def deliver_directly(result: SelftestResult, mode: str, handed: bool) -> bool:
+    """Distributed: the deliverer pages with what reaches dw.alerts, unless the deliverer itself is
+    what failed. Embedded: the run only stores inbox alerts, so the self-test delivers."""
+    if mode == "embedded" or not handed:
+        return True
+    delivery = next((s for s in result.stages if s.name == "delivery"), None)
+    return delivery is not None and delivery.status == "fail" and not delivery.detail.startswith("not reached")
 
 
 def store_result(cfg: Config, result: SelftestResult) -> Path:

@@ -11,6 +11,8 @@ from typing import Annotated
 import msgspec
 
 OCSF_DETECTION_FINDING = 2004
+# Alerts about dataward itself (a failed self-test): paged and stored, never a reason to halt a backup.
+SELFTEST_TAG = "dataward.selftest"
 
 
 class Severity(enum.StrEnum):

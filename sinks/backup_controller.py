@@ -22,7 +22,7 @@ import msgspec
 
 from dwcore.logfmt import kv
 from dwcore.metrics import BACKUP_HALTS
-from dwcore.schemas.alert import Alert, Severity
+from dwcore.schemas.alert import SELFTEST_TAG, Alert, Severity
 from dwcore.sinks.backup_gate import Gate
 from dwcore.sinks.backup_journal import Journal
 from dwcore.sinks.backup_model import SUSPECT_TAG, AuditRow, Incident, ManifestRow
@@ -57,6 +57,8 @@ def should_halt(alert: Alert, policy: HaltPolicy) -> bool:
     if Severity(alert.severity).rank < Severity(policy.min_severity).rank:
         return False
     if alert.drill and not policy.halt_on_drill:
+        return False
+    if SELFTEST_TAG in alert.tags:  # dataward's own health, not an attack on the data
         return False
     if policy.users and alert.user not in policy.users:
         return False
