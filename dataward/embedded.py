@@ -18,7 +18,7 @@ from dataward.alert_timing import log_alert_timing
 from dataward.alerting import build_router
 from dataward.config import Config
 from dataward.datadir import DataDirLock
-from dataward.embedded_heartbeat import embedded_heartbeater
+from dataward.embedded_heartbeat import start_heartbeats
 from dataward.model_train import load_models
 from dataward.privacy import make_private
 from dataward.store_alarm import alarm_when_disk_full
@@ -197,12 +197,7 @@ class EmbeddedPipeline:
             self._watcher.on_queue_overflow = overflow  # type: ignore[method-assign]
         self._watcher.start()
         self._guard.start(cap.rescan_at_start)  # after the watches exist: nothing falls in between
-        if cap.heartbeat_s > 0:  # rows in its own heartbeats table: `dataward status` shows this agent
-            watcher, wal = self._watcher, self._wal
-            self._beats = embedded_heartbeater(self.config.device, cap.heartbeat_s, lambda: watcher.counters["seen"],
-                                               lambda: wal.pending, lambda: wal.counters["acked"], store.writer)
-            self._beats.beat()  # at once: a fresh run shows in status before the first interval
-            self._beats.start()
+        self._beats = start_heartbeats(self.config.device, cap.heartbeat_s, self._watcher, self._wal, store.writer)
         log.info("embedded_started %s",
                  kv(watch=",".join(self.watch), data_dir=self.config.data_dir, query=self.query_url))
 

@@ -32,3 +32,15 @@ def embedded_heartbeater(device: str, interval_s: float, seen: Callable[[], int]
 
     return Heartbeater(device, __version__, interval_s, lambda: (seen(), pending(), stored(), False), send,
                        agent="file", stalled_status="store_unavailable")
+
+
+def start_heartbeats(device: str, interval_s: float, watcher, wal, writer) -> Heartbeater | None:
+    """Rows in the run's own heartbeats table (off with capture.heartbeat_s: 0); the first at once,
+    so a fresh run shows in `dataward status` before the first interval."""
+    if interval_s <= 0:
+        return None
+    beats = embedded_heartbeater(device, interval_s, lambda: watcher.counters["seen"], lambda: wal.pending,
+                                 lambda: wal.counters["acked"], writer)
+    beats.beat()
+    beats.start()
+    return beats
