@@ -9,7 +9,7 @@ from dataward.cli_common import err
 
 class EmbeddedBackup:
     """`dataward run --backup-bucket`: the continuous backup of the watched roots, halted in-process
-    by the pipeline's alerts (EmbeddedPipeline's BackupHook)."""
+    by the pipeline's alerts (dataward/backup_hook.py's BackupHook)."""
 
     def __init__(self, cfg, roots: list[str]) -> None:
         from dataward.backup_setup import BackupParts

@@ -11,11 +11,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 from dataward.agent_pipeline import build_stages, watcher_class
 from dataward.alert_timing import log_alert_timing
 from dataward.alerting import build_router
+from dataward.backup_hook import BackupHook
 from dataward.config import Config
 from dataward.datadir import DataDirLock
 from dataward.embedded_heartbeat import start_heartbeats
@@ -57,13 +57,6 @@ TAKE_MAX = 5_000
 TAKE_WITHIN_S = 0.05
 CLOSE_EVERY_S = 5.0  # how often quiet incidents get their closing version
 ALERT_ROWS_FLUSH_S = 0.2
-
-
-class BackupHook(Protocol):
-    """The backup controller's two inputs: alerts (halt) and the events that passed detection."""
-
-    def on_alert(self, alert: Alert) -> object: ...
-    def on_events(self, events: Sequence[AccessEvent]) -> None: ...
 
 
 class EmbeddedPipeline:
