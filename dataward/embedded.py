@@ -33,7 +33,7 @@ from dwcore.logfmt import kv
 from dwcore.metrics import BATCH_ROWS, EVENTS_RECEIVED
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.ddl import ALERTS_TABLE, DEADLETTER_TABLE, DELIVERIES_TABLE
-from dwcore.schemas.deadletter import DeadLetter, dead_letter
+from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.delivery import Delivery
 from dwcore.schemas.event import AccessEvent
 from dwcore.sinks.alert_router import AlertRouter
@@ -123,7 +123,7 @@ class EmbeddedPipeline:
         # position the store has used (rows, dead letters, sealed blocks).
         stream = EmbeddedStream(store.writer, None)
         self._wal = EventWal(Path(self.config.data_dir) / "wal", stream.next)
-        self._stream = WalStream(store.writer, self._wal, self._sealer, stream=stream)
+        self._stream = wal_stream = WalStream(store.writer, self._wal, self._sealer, stream=stream)
         # What the store refuses goes to the deadletter table; alerts, deliveries and dead letters
         # it cannot take now are parked and replayed; parked events (from an earlier version) are
         # replayed through the stream at fresh numbers and sealed.
@@ -135,7 +135,7 @@ class EmbeddedPipeline:
             alarm_when_disk_full(self._stream, self.publish, self.config.device, redact_dsn(self.config.store_dsn)),
             batch_rows=self.config.store.batch_rows,
             flush_interval_s=self.config.store.flush_interval_s,
-            on_permanent=self._events_failed,
+            on_permanent=lambda batch, exc: wal_stream.refuse(batch, exc, self._park_letters),
             name="events",
         )
         self._batcher.start()
@@ -169,7 +169,8 @@ class EmbeddedPipeline:
         self._server.write_addr_file(self.config.query_addr_file)
         self._thread = threading.Thread(target=self._process_loop, name="dataward-process", daemon=True)
         self._thread.start()
-        for chunk in self._wal.replay(store.writer.rows, self._wal_unreadable):  # logged, never stored
+        for chunk in self._wal.replay(store.writer.rows,  # logged, never stored
+                                      lambda seq, raw, why: wal_stream.unreadable(seq, raw, why, self._park_letters)):
             self.bus.publish(chunk)
         if self.config.agent.tune_inotify:
             ensure_queue_size()  # a fast writer must not overflow the kernel queue unnoticed
@@ -249,15 +250,6 @@ class EmbeddedPipeline:
             self._wal.sync()
         except OSError as exc:  # on the bus already: never handed back (a retry would log it twice)
             log.warning("wal_sync_failed %s", kv(events=len(events), error=exc, action="retry_before_alert"))
-
-    def _wal_unreadable(self, seq: int, raw: bytes, reason: str) -> None:
-        assert self._stream is not None
-        letter = dead_letter(raw, f"write-ahead log record refused: {reason}", f"wal:{seq}", int(time.time() * 1000))
-        self._stream.dead_letters([letter], [seq], self._park_letters)
-
-    def _events_failed(self, batch: list[Logged], exc: BaseException) -> None:
-        assert self._stream is not None  # store refusals are isolated row by row in the stream
-        self._stream.refuse(batch, exc, self._park_letters)
 
     def _park_letters(self, letters: list[DeadLetter], exc: BaseException) -> None:
         assert self._keeper is not None

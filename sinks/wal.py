@@ -245,6 +245,12 @@ class WalStream:
         self.dead_letters(letters, [s for s, _ in batch], park)
         self.acknowledge(s for s, _ in batch)
 
+    def unreadable(self, seq: int, raw: bytes, reason: str,
+                   park: Callable[[list[DeadLetter], BaseException], None]) -> None:
+        """A logged record the schema refuses on replay: a dead letter at its number."""
+        letter = dead_letter(raw, f"write-ahead log record refused: {reason}", f"wal:{seq}", int(time.time() * 1000))
+        self.dead_letters([letter], [seq], park)
+
     def dead_letters(self, letters: list[DeadLetter], seqs: list[int],
                      park: Callable[[list[DeadLetter], BaseException], None]) -> None:
         """Dead letters with their positions: a replay of the log asks the store for them too."""

@@ -111,3 +111,18 @@ def test_a_batch_written_unsynced_is_durable_only_after_sync_and_a_waiter_syncs_
     again = EventWal(tmp_path / "wal", 0)
     assert again.pending == 7 and again.durable(6)  # what is read back from disk is on disk
     again.close()
+
+
+def test_a_batch_the_writer_cannot_convert_and_an_unreadable_record_become_dead_letters_at_their_numbers(
+        store, tmp_path):
+    wal = EventWal(tmp_path / "wal", 0)
+    stream = WalStream(store.writer, wal)
+    logged = wal.append([ev(0), ev(1)])
+    parked: list = []
+    stream.refuse(logged, TypeError("cannot convert"), lambda letters, exc: parked.append(letters))
+    stream.unreadable(7, b'{"uid":"w0007"', "file_path too long", lambda letters, exc: parked.append(letters))
+    assert not parked and wal.pending == 0
+    assert store.reader.query("SELECT source, _offset, reason FROM deadletter ORDER BY _offset").rows == [
+        ["embedded:0", 0, "store refused row: cannot convert"], ["embedded:1", 1, "store refused row: cannot convert"],
+        ["wal:7", 7, "write-ahead log record refused: file_path too long"]]
+    wal.close()
