@@ -1,9 +1,10 @@
 """Enrichment between the watcher and the publisher: each stage takes a batch and returns it.
 
-The watcher hands batches (every 50 ms or 1,000 events) to one callable; stages that add what an
-event needs (content signals, who-data, canary marks) and act on it (the fast path) run in that
-same dispatcher thread, batch by batch, before the batch is spooled. A stage must never drop an
-event: it returns every event it got, changed or not.
+The watcher hands batches (every 20 ms with the inotify backend, 50 ms with watchdog, or 1,000
+events) to one callable; stages that add what an event needs (content signals, who-data, canary
+marks) and act on it (the fast path) run in that same dispatcher thread, batch by batch, before
+the batch is spooled. A stage must never drop an event: it returns every event it got, changed or
+not.
 """
 from __future__ import annotations
 
