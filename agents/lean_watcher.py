@@ -33,10 +33,12 @@ DIR_MASK = (ino.IN_CREATE | ino.IN_DELETE | ino.IN_MOVED_FROM | ino.IN_MOVED_TO 
 _WRITE = ino.IN_MODIFY | ino.IN_CLOSE_WRITE
 _SELF_GONE = ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
 ROOT_CHECK_S = 1.0  # how often a deleted root is looked for again
-# A batch goes out this long after its first event: every millisecond here is files an attacker
-# finishes before detection sees the first one (measured on a quiet machine: 50 ms lost a median
-# of 16 files at 200 files/s, 20 ms about 10; docs/detection.md).
+# A batch goes out this long after its first event: each millisecond is files an attacker finishes
+# before detection sees the first (quiet machine, 200 files/s: 50 ms lost 16, 20 ms ~10; detection.md).
 FLUSH_INTERVAL_S = 0.02
+# A file found by a new directory's scan may also have its IN_CREATE queued (created between watch
+# and scan), maybe for a later batch: the scan's paths are remembered this long to report it once.
+SCANNED_KEEP_S = 2.0
 _LABEL = {a: a.label for a in Activity}
 _SPECIAL = ino.IN_Q_OVERFLOW | ino.IN_IGNORED
 
@@ -63,6 +65,7 @@ class LeanWatcher:
         self._wd_path: dict[int, bytes] = {}
         self._wd_share: dict[int, str] = {}
         self._moves: dict[int, tuple[bytes, bool, str, int]] = {}  # cookie -> (path, is_dir, share, age)
+        self._scanned: dict[bytes, float] = {}  # path reported by a new directory's scan -> monotonic time
         self._cv = threading.Condition()
         self._ready: list[list[AccessEvent]] = []
         self._stopping = threading.Event()
@@ -160,6 +163,7 @@ class LeanWatcher:
                                 if e.path in pending:
                                     continue
                                 pending[e.path] = len(report)
+                                self._scanned[e.path] = time.monotonic()
                             report.append(self._event(Activity.CREATE, e.path, None, share, is_dir))
                         if is_dir:
                             stack.append(e.path)
@@ -239,7 +243,7 @@ class LeanWatcher:
                 pending[path] = len(out)
                 out.append(self._event(Activity.UPDATE, path, None, share, False, now))
             elif mask & ino.IN_CREATE:
-                if path in pending:  # already reported by the scan of its new parent directory
+                if path in pending or (self._scanned and self._scanned.pop(path, None) is not None):  # scan had it
                     coalesced += 1
                     continue
                 pending[path] = len(out)
@@ -248,9 +252,11 @@ class LeanWatcher:
                     self._watch_tree(path, share, out, pending)
             elif mask & ino.IN_DELETE:
                 pending.pop(path, None)
+                self._scanned.pop(path, None)
                 out.append(self._event(Activity.DELETE, path, None, share, is_dir, now))
             elif mask & ino.IN_MOVED_FROM:
                 pending.pop(path, None)
+                self._scanned.pop(path, None)
                 self._moves[cookie] = (path, is_dir, share, 0)
             elif mask & ino.IN_MOVED_TO:
                 src = self._moves.pop(cookie, None)
@@ -331,6 +337,8 @@ class LeanWatcher:
                 self._hand_over(out)
                 out, pending = [], {}
                 last = time.monotonic()
+                if self._scanned:
+                    self._scanned = {p: t for p, t in self._scanned.items() if t >= last - SCANNED_KEEP_S}
             elif not out:
                 last = time.monotonic()
         raw = self._ino.read() if self._ino is not None else []

@@ -59,6 +59,27 @@ def test_files_in_a_new_directory_are_never_missed(lean):
     assert len([p for p in paths if p.endswith("x.bin")]) == 50  # each once, whether seen live or by the scan
 
 
+def test_a_new_directorys_files_are_reported_once_across_batch_boundaries(tmp_path):
+    # A file created between a new directory's watch and its scan is seen twice (the scan and its
+    # own IN_CREATE); with a batch every millisecond the two land in different batches.
+    root = tmp_path / "share"
+    root.mkdir()
+    sink = Sink()
+    w = LeanWatcher([str(root)], "fs1", sink, flush_interval_s=0.001)
+    w.start()
+    try:
+        for i in range(200):
+            d = root / f"d{i}"
+            d.mkdir()
+            for k in range(5):
+                (d / f"f{k}.bin").write_bytes(b"1")
+        wait_for(lambda: len(_names(sink, Activity.CREATE)) >= 1200, what="200 dirs and 1,000 files")
+    finally:
+        w.stop()
+    created = [e.file_path for e in sink.events if e.activity_id == Activity.CREATE]
+    assert len(created) == len(set(created)) == 1200
+
+
 def test_renamed_directory_keeps_correct_paths(lean):
     root, sink, _ = lean
     (root / "proj").mkdir()
