@@ -24,7 +24,7 @@ from rich.table import Table
 from bench.common import RESULTS_DIR, make_console, make_workload
 
 # Fallbacks: docs/performance.md (2026-11-27/28, 2 vCPUs, shared VM), used only when no result file exists.
-FALLBACK = {"agent": 94_500.0, "sink": 177_000.0, "worker": 861.0}
+FALLBACK = {"agent": 94_500.0, "sink": 26_800.0, "worker": 1_128.0}
 HEADROOM = 0.5  # plan every process at half its measured rate: bursts, rebalances, replays
 SHARD_INSERT_ROWS_S = 200_000.0  # one ClickHouse shard, rows/s in 10k-100k row batches (anchor)
 QUIET_EVENTS_S = 2.0  # per file server: a working day's background of creates, edits, renames
@@ -56,7 +56,7 @@ def measured_rates(bytes_per_row: float) -> Rates:
     sources: dict[str, str] = {}
     found = {
         "agent": _best_rate(RESULTS_DIR / "publish.json", "KafkaPublisher"),
-        "sink": _best_rate(RESULTS_DIR / "store.json", "insert_events"),
+        "sink": _best_rate(RESULTS_DIR / "store.json", "ClickHouseSink"),  # end to end, Kafka bytes to rows
         "worker": _best_rate(RESULTS_DIR / "worker.json", "dataward worker x1"),
     }
     values: dict[str, float] = {}
