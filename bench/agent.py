@@ -37,7 +37,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.common import REPO, Result, make_console, parser, render, save, setup_logging, timed_result, with_rate_ratios
+from bench.common import REPO, Result, render, standalone_before, timed_result, with_rate_ratios
 
 BENCH = "agent"
 
@@ -287,14 +287,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         capture_child(sys.argv[2], int(sys.argv[3]), sys.argv[4] or None, sys.argv[5] == "1")
         return
-    p = parser((__doc__ or BENCH).splitlines()[0], 20_000)
-    p.add_argument("--before", metavar="REF", help="also run capture + publish with the agent code of this git ref")
-    args = p.parse_args()
-    setup_logging(args.verbose)
-    out = make_console()
-    results = run(args.events, out, args.before)
-    report(out, results)
-    save(results, BENCH)
+    standalone_before(__doc__, BENCH, 20_000, "capture + publish", run, report)
 
 
 if __name__ == "__main__":

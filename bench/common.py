@@ -193,3 +193,17 @@ def standalone(doc: str | None, bench: str, run: Callable[[int, Console], list[R
     results = run(args.events, out)
     report(out, results)
     save(results, bench)
+
+
+def standalone_before(doc: str | None, bench: str, default_events: int, what: str,
+                      run: Callable[[int, Console, str | None], list[Result]],
+                      report: Callable[[Console, list[Result]], None]) -> None:
+    """`standalone` plus `--before REF`: ``what`` also runs with the code of an older git ref, same run."""
+    p = parser((doc or bench).splitlines()[0], default_events)
+    p.add_argument("--before", metavar="REF", help=f"also run {what} with the code of this git ref")
+    args = p.parse_args()
+    setup_logging(args.verbose)
+    out = make_console()
+    results = run(args.events, out, args.before)
+    report(out, results)
+    save(results, bench)

@@ -27,13 +27,11 @@ from bench.common import (
     REPO,
     Result,
     chunks,
-    make_console,
     make_workload,
-    parser,
     progress,
     render,
-    save,
     setup_logging,
+    standalone_before,
     timed_result,
     with_rate_ratios,
 )
@@ -175,14 +173,7 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         child(int(sys.argv[2]))
         return
-    p = parser((__doc__ or BENCH).splitlines()[0], 200_000)
-    p.add_argument("--before", metavar="REF", help="also run decode_batch + detect with the code of this git ref")
-    args = p.parse_args()
-    setup_logging(args.verbose)
-    out = make_console()
-    results = run(args.events, out, args.before)
-    report(out, results)
-    save(results, BENCH)
+    standalone_before(__doc__, BENCH, 200_000, "decode_batch + detect", run, report)
 
 
 if __name__ == "__main__":
