@@ -13,12 +13,14 @@ import logging
 import os
 import re
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from dwcore.logfmt import kv
 from dwcore.sinks.errors import StoreDiskFull, StoreError, StoreUnavailable
+from dwcore.sinks.inflight import InflightReads
 from dwcore.sinks.sql_guard import vet
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ def classify(exc: Exception, what: str) -> StoreError | StoreUnavailable:
     text = str(exc)
     if isinstance(exc, StoreError | StoreUnavailable):
         return exc
+    if "EmbeddedServer already initialized" in text:
+        # One engine per process: this process has another directory open, perhaps only through a
+        # read that is still running. Not another process: that is the next case.
+        return StoreUnavailable(f"{what}: this process already has another chDB directory open ({text})")
     if "Error initializing EmbeddedServer" in text or "Unable to open the chdb engine" in text:
         return StoreUnavailable(f"{what}: the chDB directory is open in another process ({text})")
     code = error_code(exc)
@@ -73,6 +79,7 @@ def classify(exc: Exception, what: str) -> StoreError | StoreUnavailable:
 
 # The parser's own queries (formatQuerySingleLine, EXPLAIN AST, the view lookup) are small.
 _VET_SETTINGS = {"max_execution_time": "10", "max_result_rows": "0", "max_result_bytes": "0"}
+CLOSE_WAIT_S = 10.0  # a cancelled read stops within a block; this only bounds a stuck one
 
 
 def quote(value: str) -> str:
@@ -190,6 +197,7 @@ class ChdbBackend(_ClientWriter):
         except Exception as exc:
             raise classify(exc, f"open chdb://{self.path}") from exc
         super().__init__(client, f"chdb://{self.path}")
+        self._reads = InflightReads()
 
     def read(
         self,
@@ -205,20 +213,22 @@ class ChdbBackend(_ClientWriter):
         """One read on its own engine connection. ``vet_database``: first let the engine's parser
         prove the statement a plain SELECT over that database (sinks.sql_guard). ``tag``: a label
         that cancel() finds the running query by."""
-        if vet_database:
-            # Apart from the query's own session: its result limits must not apply to the
-            # parser's answers (an AST has more rows than a small max_result_rows).
-            with self._session(database, _VET_SETTINGS) as conn:
-                sql = vet(lambda s, p: conn.query(s, "TabSeparated", params=dict(p)).bytes() or b"",
-                          sql, params, vet_database)
-        session = dict(settings)
-        if tag:
-            session["log_comment"] = tag
-        with self._session(database, session) as conn:
-            try:
-                return conn.query(sql, fmt, params=dict(params)).bytes() or b""
-            except Exception as exc:
-                raise classify(exc, "query") from exc
+        # Every read is tagged, so that close() can find it even when the caller gave no tag.
+        tag = tag or f"dataward-read-{uuid.uuid4()}"
+        with self._reads.track(tag):
+            if vet_database:
+                # Apart from the query's own session: its result limits must not apply to the
+                # parser's answers (an AST has more rows than a small max_result_rows).
+                with self._session(database, {**_VET_SETTINGS, "log_comment": tag}) as conn:
+                    self._reads.check(tag)
+                    sql = vet(lambda s, p: conn.query(s, "TabSeparated", params=dict(p)).bytes() or b"",
+                              sql, params, vet_database)
+            with self._session(database, {**settings, "log_comment": tag}) as conn:
+                self._reads.check(tag)
+                try:
+                    return conn.query(sql, fmt, params=dict(params)).bytes() or b""
+                except Exception as exc:
+                    raise classify(exc, "query") from exc
 
     @contextlib.contextmanager
     def _session(self, database: str | None, settings: Mapping[str, str]) -> Iterator[Any]:
@@ -249,16 +259,32 @@ class ChdbBackend(_ClientWriter):
             conn.close()
 
     def cancel(self, tag: str) -> None:
-        """Stop the read labelled ``tag`` (its client went away)."""
+        """Stop the read labelled ``tag`` (its client went away). A read the engine has not
+        registered yet stops at its next step, or at a KILL sent again: call until it is over."""
+        self._reads.mark([tag])
+        self._kill([tag])
+
+    def _kill(self, tags: list[str]) -> None:
         import chdb
 
-        conn = chdb.connect(self.path)
         try:
-            conn.query(f"KILL QUERY WHERE Settings['log_comment'] = {quote(tag)} ASYNC")
+            conn = chdb.connect(self.path)
         except Exception as exc:
-            log.debug("cancel_failed %s", kv(tag=tag, error=str(exc)[:200]))
+            log.debug("cancel_failed %s", kv(error=str(exc)[:200]))
+            return
+        try:
+            conn.query(f"KILL QUERY WHERE Settings['log_comment'] IN ({', '.join(map(quote, tags))}) ASYNC")
+        except Exception as exc:
+            log.debug("cancel_failed %s", kv(tags=len(tags), error=str(exc)[:200]))
         finally:
             conn.close()
+
+    def close(self) -> None:
+        # A read left running would keep the process's one engine bound to this directory.
+        left = self._reads.close(self._kill, CLOSE_WAIT_S)
+        if left:
+            log.warning("store_reads_still_running %s", kv(backend=self._label, reads=len(left)))
+        super().close()
 
 
 class ServerBackend(_ClientWriter):

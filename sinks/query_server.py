@@ -10,7 +10,8 @@ The owner may run as root and the data is forensic, so every request must:
 - carry the token (``query_auth``) as the ClickHouse HTTP user's password;
 - hold one statement that the engine's own parser proves a plain SELECT over dataward's tables
   (``sql_guard``); it runs with readonly=1 under limits on time, memory, result rows and bytes
-  (a client may lower them, never raise them); it is killed when its client goes away.
+  (a client may lower them, never raise them); it is killed when its client goes away, and
+  stop() kills every query still running (one left behind would hold the store's engine).
 Connections are served by one asyncio loop: idle ones cost no thread, their number is bounded
 (at the bound, the connection that has waited longest without a request is closed to make room),
 and queries run on a small fixed pool of threads.
@@ -30,6 +31,7 @@ from dwcore.logfmt import kv
 from dwcore.sinks.chbackend import error_code
 from dwcore.sinks.errors import StoreError, StoreUnavailable
 from dwcore.sinks.http_wire import BadRequest, ClientGone, Connection, Request, response
+from dwcore.sinks.inflight import KILL_INTERVAL_S, SubmittedQueries
 from dwcore.sinks.query_auth import authorised, write_private
 from dwcore.sinks.sql_guard import format_allowed
 from dwcore.sinks.store_reader import READ_SETTINGS_ALLOWLIST, StoreReader, trailing_format
@@ -47,6 +49,7 @@ _CONTENT_TYPES = {
 # The real server's status for the common errors; anything else is 500, like the server.
 _STATUS_BY_CODE = {62: 400, 27: 400, 60: 404, 81: 404, 497: 403, 516: 401}
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+STOP_WAIT_S = 10.0  # a killed query ends within a block; this only bounds a stuck one
 
 
 class QueryLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -138,6 +141,7 @@ class QueryServer:
         self._address: tuple[str, int] | None = None
         self.connections = 0
         self._waiting: dict[Connection, asyncio.StreamWriter] = {}  # insertion order = oldest first
+        self._inflight = SubmittedQueries()
         self.counters = {"queries": 0, "errors": 0, "refused": 0, "unauthorised": 0, "cancelled": 0,
                          "connections_refused": 0, "connections_evicted": 0}
 
@@ -219,11 +223,19 @@ class QueryServer:
         self._thread = None
         self._server = None
         self._loop = None
+        # A query left on the pool would hold the store's engine (and a thread) up to its time limit.
+        stopped, left = self._inflight.stop(self._store.cancel, STOP_WAIT_S)
         for pool in (self._pool, self._killer):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
         self._pool = self._killer = None
-        log.info("query_server_stopped")
+        if left:
+            log.warning("query_server_queries_still_running %s", kv(queries=left))
+        log.info("query_server_stopped %s", kv(queries_stopped=stopped))
+
+    def in_flight(self) -> int:
+        """Queries submitted and not yet over (waiting for a thread or running)."""
+        return len(self._inflight)
 
     def __enter__(self) -> QueryServer:
         return self.start()
@@ -341,12 +353,15 @@ class QueryServer:
                                            limits=limits, vetted=True, tag=tag)
 
         running = self._pool.submit(run)
+        self._inflight.add(tag, running)
         work = asyncio.wrap_future(running)
+        # A query cancelled for a client that left ends in an error nobody reads: consume it.
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())
         gone = asyncio.ensure_future(conn.wait_closed_by_peer())
         try:
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
-                await self._cancel(running, tag, query_id)
+                await self._cancel(running, work, tag, query_id)
                 return self._plain(499, b"", None)
             out = work.result()
         except (StoreError, StoreUnavailable) as exc:
@@ -361,16 +376,18 @@ class QueryServer:
                                 query_id)
         return 200, self._headers(fmt, query_id=query_id), out
 
-    async def _cancel(self, running: concurrent.futures.Future[bytes], tag: str, query_id: str) -> None:
-        """The client went away: kill its query (retrying until the engine has registered it)."""
+    async def _cancel(self, running: concurrent.futures.Future[bytes], work: asyncio.Future[bytes], tag: str,
+                      query_id: str) -> None:
+        """The client went away: kill its query, again until it is over (a KILL misses a query the
+        engine has not registered yet). Its own time limit ends it anyway; this only bounds the wait."""
         self.counters["cancelled"] += 1
         log.info("query_cancelled %s", kv(reason="client_gone", query_id=query_id))
         loop = asyncio.get_running_loop()
-        for _ in range(50):
-            if running.cancel() or running.done():  # cancel() succeeds only if it has not started
-                break
+        deadline = loop.time() + self.limits.timeout_s + STOP_WAIT_S
+        while not (running.cancel() or running.done()) and loop.time() < deadline:
+            # cancel() succeeds only if it has not started
             await loop.run_in_executor(self._killer, self._store.cancel, tag)
-            await asyncio.wait({asyncio.wrap_future(running)}, timeout=0.2)
+            await asyncio.wait({work}, timeout=KILL_INTERVAL_S)
 
     def _failed(self, exc: StoreError | StoreUnavailable, query_id: str) -> tuple[int, list[tuple[str, str]], bytes]:
         self.counters["errors"] += 1

@@ -138,9 +138,11 @@ def reader(tmp_path_factory):
     from dwcore.sinks.store import Store
 
     store = Store.open(f"chdb://{tmp_path_factory.mktemp('guard')}/chdb", retention_days=3650)
-    store.writer.ensure_schema()
-    yield store.reader
-    store.close()
+    try:
+        store.writer.ensure_schema()
+        yield store.reader
+    finally:
+        store.close()  # stops any read still running, so the next module can open its own engine
 
 
 SQL_PIECES = [

@@ -28,21 +28,26 @@ NOW = time.time_ns() // 1_000_000 - 600_000
 def endpoint(tmp_path_factory):
     data = tmp_path_factory.mktemp("served")
     store = Store.open(f"chdb://{data / 'chdb'}", retention_days=400)
-    store.writer.ensure_schema()
-    sealer = Sealer(store.writer)
-    EmbeddedStream(store.writer, sealer)([
-        make_event(Activity.RENAME, uid=f"r{i}", time=NOW + i * 100, user_name="alice", device="fs1",
-                   file_path=f"/srv/m/{i}.pt", file_new_path=f"/srv/m/{i}.pt.locked") for i in range(4)])
-    sealer.tick(force=True)
-    store.writer.insert_alerts([Alert(uid="inc-9", title="t", rule="mass_rename", rule_uid="r", severity=Severity.HIGH,
-                                      severity_id=4, user="alice", first_seen=NOW, detected_at=NOW + 300,
-                                      signal="renames", observed=4, threshold=3, window_s=10, file_count=4, paths=[])])
-    token = ensure_token(data / "query.token")
-    server = QueryServer(store.reader, token=token).start()
-    server.write_addr_file(data / "query.addr")
-    yield data, server, token
-    server.stop()
-    store.close()
+    try:
+        store.writer.ensure_schema()
+        sealer = Sealer(store.writer)
+        EmbeddedStream(store.writer, sealer)([
+            make_event(Activity.RENAME, uid=f"r{i}", time=NOW + i * 100, user_name="alice", device="fs1",
+                       file_path=f"/srv/m/{i}.pt", file_new_path=f"/srv/m/{i}.pt.locked") for i in range(4)])
+        sealer.tick(force=True)
+        store.writer.insert_alerts([Alert(uid="inc-9", title="t", rule="mass_rename", rule_uid="r",
+                                          severity=Severity.HIGH, severity_id=4, user="alice", first_seen=NOW,
+                                          detected_at=NOW + 300, signal="renames", observed=4, threshold=3,
+                                          window_s=10, file_count=4, paths=[])])
+        token = ensure_token(data / "query.token")
+        server = QueryServer(store.reader, token=token).start()
+        try:
+            server.write_addr_file(data / "query.addr")
+            yield data, server, token
+        finally:
+            server.stop()
+    finally:
+        store.close()  # stops any read still running, so the next module can open its own engine
 
 
 def test_clickhouse_connect_with_the_token(endpoint):

@@ -24,14 +24,18 @@ ALICE = "SELECT count() FROM events WHERE user_name = 'alice'"
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("query-get")
     store = Store.open(f"chdb://{tmp / 'chdb'}", retention_days=3650)
-    store.writer.ensure_schema()
-    store.writer.insert_events([make_event(Activity.DELETE, uid=f"e{i}", time=1700000000000 + i, user_name="alice",
-                                           device="fs1", file_path=f"/p/{i}") for i in range(3)])
-    token = ensure_token(tmp / "query.token")
-    server = QueryServer(store.reader, token=token).start()
-    yield server, token, tmp
-    server.stop()
-    store.close()
+    try:
+        store.writer.ensure_schema()
+        store.writer.insert_events([make_event(Activity.DELETE, uid=f"e{i}", time=1700000000000 + i, user_name="alice",
+                                               device="fs1", file_path=f"/p/{i}") for i in range(3)])
+        token = ensure_token(tmp / "query.token")
+        server = QueryServer(store.reader, token=token).start()
+        try:
+            yield server, token, tmp
+        finally:
+            server.stop()
+    finally:
+        store.close()  # stops any read still running, so the next module can open its own engine
 
 
 def raw(server: QueryServer, head: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
