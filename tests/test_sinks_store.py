@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from dwcore.schemas.alert import Alert, Severity
+from dwcore.schemas.ddl import EVENT_COLUMNS
 from dwcore.schemas.deadletter import DeadLetter
 from dwcore.schemas.event import Activity, make_event
 from dwcore.sinks.chbackend import redact_dsn, unescape_param
@@ -59,6 +60,29 @@ def test_event_roundtrip_optional_fields_none_and_set(store):
     for col in ("file_new_path", "file_size", "bytes_written", "entropy", "mime_type", "alarm", "message"):
         assert minimal[col] is None, col
     assert minimal["attribution"] == "owner" and minimal["user_uid"] == ""
+
+
+def test_columns_null_in_every_row_stay_null_beside_hostile_paths_kept_verbatim(store):
+    """A batch where every optional column is NULL in every row (the writer sends those columns
+    without looking at each row) stores NULL, not the type's default; the paths beside them come
+    back byte for byte; the next batch, with those columns set, stores its values."""
+    hostile = ["/share/it's \"q\"", "/share/back\\slash", "/share/new\nline", "/share/tab\there",
+               "/share/x'; DROP TABLE events; --", "/share/\u00e9t\u00e9 \u6587\u4ef6 \U0001f512", "/share/nul\x00byte"]
+    batch = [make_event(Activity.CREATE, uid=f"n{i}", time=T0 + i, user_name="alice", device="fs1", file_path=p)
+             for i, p in enumerate(hostile)]
+    store.writer.insert_events(batch, positions=(["s:0"] * len(batch), list(range(len(batch)))))
+    nullable = [name for name, typ in EVENT_COLUMNS if "Nullable(" in typ]
+    assert len(nullable) > 15
+    counts = store.reader.query("SELECT " + ", ".join(f"countIf(isNull(`{c}`))" for c in nullable)
+                                + " FROM events").rows
+    assert counts == [[len(batch)] * len(nullable)]
+    r = store.reader.query("SELECT file_path, _src, _offset FROM events ORDER BY uid")
+    assert r.rows == [[p, "s:0", i] for i, p in enumerate(hostile)]
+    store.writer.insert_events([full_event(1)])
+    (row,) = store.reader.query("SELECT file_new_path, file_size, entropy, mime_type, message FROM events "
+                                "WHERE uid = 'full1'").rows
+    assert row[0] == "/d/1.csv.lock" and row[1] == 4096 and row[3:] == ["application/octet-stream", "gap"]
+    assert row[2] == pytest.approx(7.95, abs=1e-5)
 
 
 def test_time_is_the_exact_instant(store):
