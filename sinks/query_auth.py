@@ -1,4 +1,5 @@
-"""Credentials of the query endpoint: one random token in the data dir, readable by its owner only.
+"""Who may ask the query endpoint: the holder of one random token in the data dir (readable by its
+owner only), through a loopback Host and no foreign Origin.
 
 The token is the password of ClickHouse's HTTP interface, so every client that speaks it works
 unchanged: Basic auth (``curl -u dataward:TOKEN``), the ``X-ClickHouse-User``/``X-ClickHouse-Key``
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 USER = "dataward"
 # clickhouse-connect and most clients send "default" when no user is given; the token is the secret.
 ACCEPTED_USERS = frozenset({USER, "default"})
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -89,3 +91,24 @@ def authorised(headers: Mapping[str, str], params: Mapping[str, str], token: str
     # Constant time: the comparison must not tell an attacker how much of the token matched.
     ok = hmac.compare_digest(password.encode(), token.encode())
     return ok and user in ACCEPTED_USERS
+
+
+def loopback_host(value: str | None) -> bool:
+    """A Host header naming loopback: a web page cannot reach the endpoint through DNS rebinding."""
+    if not value:
+        return False
+    host = value.strip().lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host in LOOPBACK_HOSTS
+
+
+def loopback_origin(value: str | None) -> bool:
+    """No Origin header, or a loopback one: a request made by a foreign web page is refused."""
+    if value is None:
+        return True
+    if not value.lower().startswith("http://"):
+        return False
+    return loopback_host(value[len("http://") :].split("/", 1)[0])

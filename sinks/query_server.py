@@ -32,7 +32,7 @@ from dwcore.sinks.chbackend import error_code
 from dwcore.sinks.errors import StoreError, StoreUnavailable
 from dwcore.sinks.http_wire import BadRequest, ClientGone, Connection, Request, response
 from dwcore.sinks.inflight import KILL_INTERVAL_S, SubmittedQueries
-from dwcore.sinks.query_auth import authorised, write_private
+from dwcore.sinks.query_auth import authorised, loopback_host, loopback_origin, write_private
 from dwcore.sinks.sql_guard import format_allowed
 from dwcore.sinks.store_reader import READ_SETTINGS_ALLOWLIST, StoreReader, trailing_format
 
@@ -48,7 +48,6 @@ _CONTENT_TYPES = {
 }
 # The real server's status for the common errors; anything else is 500, like the server.
 _STATUS_BY_CODE = {62: 400, 27: 400, 60: 404, 81: 404, 497: 403, 516: 401}
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 STOP_WAIT_S = 10.0  # a killed query ends within a block; this only bounds a stuck one
 
 
@@ -90,25 +89,6 @@ def _clamped(params: dict[str, str], limits: dict[str, str]) -> dict[str, str]:
         if 0 < asked < float(cap):
             limits[name] = _num(asked)
     return out
-
-
-def _host_ok(value: str | None) -> bool:
-    if not value:
-        return False
-    host = value.strip().lower()
-    if host.startswith("["):
-        host = host[: host.find("]") + 1]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    return host in _LOOPBACK_HOSTS
-
-
-def _origin_ok(value: str | None) -> bool:
-    if value is None:
-        return True
-    if not value.lower().startswith("http://"):
-        return False
-    return _host_ok(value[len("http://") :].split("/", 1)[0])
 
 
 def _error(code: int, text: str) -> bytes:
@@ -300,7 +280,7 @@ class QueryServer:
     # -- requests -------------------------------------------------------------------------
 
     async def _respond(self, req: Request, conn: Connection) -> tuple[int, list[tuple[str, str]], bytes]:
-        if not _host_ok(req.headers.get("host")) or not _origin_ok(req.headers.get("origin")):
+        if not loopback_host(req.headers.get("host")) or not loopback_origin(req.headers.get("origin")):
             self.counters["refused"] += 1
             log.warning("query_refused %s", kv(reason="host_not_loopback", host=(req.headers.get("host") or "")[:100]))
             return self._plain(403, _error(497, "dataward: only loopback Host and Origin are served. (ACCESS_DENIED)"),
