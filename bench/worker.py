@@ -2,6 +2,8 @@
 
 The same pre-filled events topic (12 partitions, keyed by user) is read by:
 - baseline: a confluent-kafka consumer loop that only decodes each message with msgspec;
+- the framework's ceiling: a faust agent taking the same batches and doing nothing with them
+  (bench/worker_ceiling.py): what any faust worker can reach here, whatever its body does;
 - dataward: 1, 2 and 4 `dataward worker` processes in one consumer group, from their "ready"
   line until the group's committed offsets reach the end of the topic.
 Per-user ordering: every user's events sit in one partition (checked on the topic), and a
@@ -10,6 +12,7 @@ partition is owned by one worker at a time, so each user's events are processed 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -86,6 +89,16 @@ def bare_consume(servers: str, topic: str, n: int) -> float:
     return elapsed
 
 
+def faust_ceiling(servers: str, topic: str, n: int) -> float:
+    """Seconds an empty faust agent (bench.worker_ceiling) needs from its first batch to n events."""
+    out = subprocess.run([sys.executable, "-m", "bench.worker_ceiling", servers, topic, str(n)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    found = re.search(r"ceiling: (\d+) ([\d.]+)", out.stdout + out.stderr)  # faust may log what is printed
+    if found:
+        return float(found.group(2)) * n / int(found.group(1))
+    raise RuntimeError(f"the faust ceiling run printed no result:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+
+
 def committed(admin_conf: dict[str, str], group: str, topic: str) -> int:
     consumer = Consumer({**admin_conf, "group.id": group, "enable.auto.commit": False})
     try:
@@ -138,7 +151,7 @@ def run(n: int, console: Console) -> list[Result]:
     events = make_workload(n, users=1_000)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="dw-bench-worker-") as tmp, progress(console) as bar:
-        task = bar.add_task("worker runs", total=1 + len(WORKER_COUNTS))
+        task = bar.add_task("worker runs", total=2 + len(WORKER_COUNTS))
         prefix = f"bw{uuid.uuid4().hex[:8]}."
         topic = Topics.with_prefix(prefix).events
         create_topic(admin, topic, PARTITIONS)
@@ -146,6 +159,10 @@ def run(n: int, console: Console) -> list[Result]:
         one_partition = all(len(parts) == 1 for parts in spread.values())
         secs = bare_consume(servers, topic, n)
         results.append(timed_result(BENCH, "confluent-kafka consume + decode", n, secs, baseline=True))
+        bar.advance(task)
+        # The framework alone: any faust worker's ceiling on this machine.
+        results.append(timed_result(BENCH, "faust take_events, empty agent (no decode, no state)", n,
+                                    faust_ceiling(servers, topic, n)))
         bar.advance(task)
         for count in WORKER_COUNTS:
             # A fresh prefix per run: its own consumer group and changelog, the same events.

@@ -8,28 +8,33 @@ user's whole state.
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import faust
 
 from dwcore.detectors.baseline import Scorer
+from dwcore.detectors.engine import has_open_incident, tick
 from dwcore.detectors.policy import Policy
 from dwcore.logfmt import kv
 from dwcore.metrics import BATCH_ROWS, CONSUMER_LAG, DEADLETTERS, EVENTS_RECEIVED, deadletter_reason
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
-from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect_user, group_by_user, prepare
+from dwcore.stream.processing import RawMessage, decode_batch, fold_user, group_by_user, log_alerts, prepare
+from dwcore.stream.user_states import UserStates
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 2_000
 BATCH_WITHIN_S = 0.1
 CLOSE_EVERY_S = 5.0  # how often quiet incidents get their closing version
+STATE_WRITE_EVERY_S = 1.0  # how long a user's state may wait for its changelog write (see UserStates)
 
 # The source partition of the user whose state is being written (see PinnedTable).
 _source_partition: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -93,11 +98,12 @@ async def _send_acked(topic: Any, alerts: list[Alert]) -> None:
         await fut
 
 
-def _commit_state(state: Any, staged: dict[str, bytes | None], user: str, partition: int,
-                  before: bytes | None) -> None:
-    value = staged.get(user)
-    if value is None or value is before:  # nothing new (e.g. every event was a replay)
-        return
+def _source_of(batch: list[Any], index: int) -> str:
+    msg = batch[index].message
+    return f"{msg.topic}:{msg.partition}:{msg.offset}"
+
+
+def _write_state(state: Any, user: str, partition: int, value: bytes) -> None:
     token = _source_partition.set(partition)
     try:
         state[user] = value
@@ -148,6 +154,11 @@ def build_app(
     state.value_serializer = "raw"
     app.tables.add(state)
     counters = Counters()
+    users = UserStates(state, lambda user, partition, value: _write_state(state, user, partition, value),
+                       STATE_WRITE_EVERY_S)
+    # The batch body and the timers take turns: a state is never written, nor an event released,
+    # while a batch has it in hand (e.g. waiting for the broker to acknowledge an alert).
+    turn = asyncio.Lock()
     announced = False
     watching: dict[str, int] = {}  # user -> source partition, while they may have an open incident
 
@@ -155,10 +166,21 @@ def build_app(
     async def _on_rebalance_complete(sender: Any, **_kwargs: Any) -> None:
         # Assigned and state recovered: from now on events are processed.
         nonlocal announced
-        log.info("worker_assigned %s", kv(partitions=len(app.assignor.assigned_actives())))
+        # Users whose partition moved away, or whose state was recovered afresh, are decoded again.
+        dropped = users.prune()
+        log.info("worker_assigned %s", kv(partitions=len(app.assignor.assigned_actives()), states_dropped=dropped))
         if ready and not announced:
             announced = True
             ready()
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _on_partitions_revoked(sender: Any, revoked: Any, **_kwargs: Any) -> None:
+        # Unwritten states of partitions moving away are not ours to write any more; their events
+        # were never released, so the next owner replays them against the changelog's state.
+        lost = {tp.partition for tp in revoked if tp.topic == topics.events}
+        dropped = users.drop_partitions(lost)
+        if dropped:
+            log.info("states_unwritten_on_revoke %s", kv(users=dropped, partitions=len(lost)))
 
     @app.agent(events_topic, name="detect")
     async def detect_processor(stream: faust.StreamT) -> None:
@@ -170,11 +192,9 @@ def build_app(
             _lag(app, [ev.message for ev in batch])
             partition_of: dict[str, int] = {}
             offsets_of: dict[str, list[int]] = {}
-            raw = []
-            for ev in batch:
-                msg = ev.message
-                raw.append(RawMessage(msg.key, msg.value, f"{msg.topic}:{msg.partition}:{msg.offset}"))
-            decoded = decode_batch(raw, now_ms=int(time.time() * 1000))
+            raw = [RawMessage(ev.message.key, ev.message.value, "") for ev in batch]
+
+            decoded = decode_batch(raw, int(time.time() * 1000), partial(_source_of, batch))
             for dl in decoded.deadletters:
                 counters.deadlettered += 1
                 DEADLETTERS.labels(deadletter_reason(dl.reason)).inc()
@@ -184,33 +204,56 @@ def build_app(
             for ev, origin in zip(decoded.events, decoded.origins, strict=True):
                 partition_of.setdefault(ev.user_name, batch[origin].message.partition)
                 offsets_of.setdefault(ev.user_name, []).append(batch[origin].message.offset)
-            for user, user_events in group_by_user(decoded.events).items():
-                partition = partition_of.get(user, 0)
-                # The detectors write the user's new state into a staging copy; it reaches the table
-                # (and its changelog) only after the broker acknowledged the alerts it raised. A crash
-                # in between replays the events (their offsets are not committed) and raises again.
-                before = state.get(user)
-                staged = {user: before}
-                alerts = detect_user(staged, user, user_events, policy, offsets_of[user], scorer)  # type: ignore[arg-type]
-                await _send_acked(alerts_topic, alerts)
-                counters.alerts += len(alerts)
-                _commit_state(state, staged, user, partition, before)
-                watching[user] = partition
+            async with turn:
+                for user, user_events in group_by_user(decoded.events).items():
+                    partition = partition_of.get(user, 0)
+                    current, done = users.take(user)
+                    new_state, last, alerts = fold_user(current, done, user, user_events, policy,
+                                                        offsets_of[user], scorer)
+                    if new_state is None:  # every event was a replay
+                        users.put_back(user, current, done)
+                        continue
+                    if alerts:
+                        # The alerts reach the broker before the state that raised them is written; a
+                        # crash in between replays the events (not committed) and raises them again.
+                        await _send_acked(alerts_topic, alerts)
+                        counters.alerts += len(alerts)
+                        users.write(user, partition, new_state, last)
+                        log_alerts(alerts)
+                    else:
+                        users.stage(user, partition, new_state, last)
+                    watching[user] = partition
+                # Acknowledged by the stream after this body; committable once their states are written.
+                users.hold(batch, time.monotonic())
+                if users.due(time.monotonic()):
+                    users.flush()
             counters.maybe_log()
+
+    @app.timer(STATE_WRITE_EVERY_S)
+    async def write_states() -> None:
+        # A quiet stream (or a rebalance waiting for every event to be acknowledged) still gets its
+        # states written and its offsets committed.
+        async with turn:
+            if users.due(time.monotonic()):
+                users.flush()
 
     @app.timer(CLOSE_EVERY_S)
     async def close_quiet_incidents() -> None:
         # Users this worker saw events for (after a restart: from their next event on).
         now = int(time.time() * 1000)
-        for user, partition in list(watching.items()):
-            before = state.get(user)
-            staged = {user: before}
-            alerts, still_open = close_quiet(staged, user, now, policy)  # type: ignore[arg-type]
-            await _send_acked(alerts_topic, alerts)
-            counters.alerts += len(alerts)
-            if alerts:
-                _commit_state(state, staged, user, partition, before)
-            if not still_open:
-                watching.pop(user, None)
+        async with turn:
+            for user, partition in list(watching.items()):
+                current, done = users.peek(user)
+                if current is None or not has_open_incident(current):
+                    watching.pop(user, None)
+                    continue
+                new_state, alerts = tick(current, user, now, policy)  # a copy: current is unchanged
+                if alerts:
+                    await _send_acked(alerts_topic, alerts)
+                    counters.alerts += len(alerts)
+                    users.write(user, partition, new_state, done)
+                    log_alerts(alerts)
+                if not has_open_incident(new_state):
+                    watching.pop(user, None)
 
     return app

@@ -8,7 +8,7 @@ lets both modes run the same code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -40,8 +40,11 @@ class Decoded:
     deadletters: list[DeadLetter] = field(default_factory=list)
 
 
-def decode_batch(messages: Iterable[RawMessage], now_ms: int) -> Decoded:
-    """Validate every message; the bad ones become dead letters carrying the reason."""
+def decode_batch(messages: Iterable[RawMessage], now_ms: int,
+                 source_of: Callable[[int], str] | None = None) -> Decoded:
+    """Validate every message; the bad ones become dead letters carrying the reason. Their
+    source is the message's own, or ``source_of(index)`` if given (so that a caller need not
+    format one for each of the many good messages)."""
     out = Decoded()
     for index, msg in enumerate(messages):
         if msg.value is None:
@@ -53,9 +56,8 @@ def decode_batch(messages: Iterable[RawMessage], now_ms: int) -> Decoded:
                 continue
             except DecodeError as exc:
                 reason = str(exc)
-        out.deadletters.append(
-            dead_letter(msg.value or b"", reason, msg.source, now_ms, key=msg.key)
-        )
+        source = source_of(index) if source_of is not None else msg.source
+        out.deadletters.append(dead_letter(msg.value or b"", reason, source, now_ms, key=msg.key))
     return out
 
 
@@ -90,7 +92,45 @@ def _load(raw: bytes | None, user: str) -> tuple[UserState | None, int]:
         return None, -1
 
 
-def _log_alerts(alerts: Sequence[Alert]) -> None:
+class DecodedStates:
+    """Decoded detector states kept beside the stored bytes they came from.
+
+    Decoding a user's state costs more than evaluating a few of their events, and a busy worker
+    sees most users in every batch. An entry is used only while the mapping still holds the very
+    bytes object it was decoded from: a write by anyone else (a changelog recovery after a
+    rebalance, a failed batch that never wrote) makes it miss and the state is decoded afresh.
+    An entry is taken out while its state is evaluated (evaluation changes it in place), so a
+    batch that fails half way can never leave a half-updated state behind.
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[str, tuple[bytes, UserState, int]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def take(self, user: str, raw: bytes | None) -> tuple[UserState | None, int]:
+        entry = self._live.pop(user, None)
+        if entry is not None and raw is not None and entry[0] is raw:
+            self.hits += 1
+            return entry[1], entry[2]
+        self.misses += 1
+        return _load(raw, user)
+
+    def keep(self, user: str, raw: bytes, state: UserState, offset: int) -> None:
+        self._live[user] = (raw, state, offset)
+
+    def prune(self, stored: Mapping[str, bytes | None]) -> int:
+        """Forget users whose stored bytes changed or went (e.g. their partition moved away)."""
+        stale = [user for user, (raw, _, _) in self._live.items() if stored.get(user) is not raw]
+        for user in stale:
+            del self._live[user]
+        return len(stale)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+
+def log_alerts(alerts: Sequence[Alert]) -> None:
     from dwcore.metrics import ALERTS_RAISED
 
     ALERTS_RAISED.inc(len(alerts))
@@ -113,6 +153,7 @@ def detect_user(
     offsets: Sequence[int] | None = None,
     scorer: Scorer | None = None,
     before_commit: AlertCommit | None = None,
+    cache: DecodedStates | None = None,
 ) -> list[Alert]:
     """Run the detectors over one user's new events and write the user's state back.
 
@@ -122,9 +163,38 @@ def detect_user(
 
     ``offsets`` (the source offsets of ``events``, all from the user's one partition) make a replay
     idempotent: after a crash between the state write and the offset commit, events at or below
-    the offset already folded into the state are skipped instead of counted twice.
+    the offset already folded into the state are skipped instead of counted twice. ``cache`` keeps
+    the decoded state between batches (see DecodedStates).
     """
-    current, done = _load(state.get(user), user)
+    raw = state.get(user)
+    current, done = cache.take(user, raw) if cache is not None else _load(raw, user)
+    new_state, last, alerts = fold_user(current, done, user, events, policy, offsets, scorer)
+    if new_state is None:  # every event was a replay: nothing changed
+        if cache is not None and raw is not None and current is not None:
+            cache.keep(user, raw, current, done)
+        return []
+    if alerts and before_commit is not None:
+        before_commit(alerts)
+    stored = stored_state(new_state, last)
+    state[user] = stored
+    if cache is not None:
+        cache.keep(user, stored, new_state, last)
+    log_alerts(alerts)
+    return alerts
+
+
+def fold_user(
+    current: UserState | None,
+    done: int,
+    user: str,
+    events: Sequence[AccessEvent],
+    policy: Policy,
+    offsets: Sequence[int] | None = None,
+    scorer: Scorer | None = None,
+) -> tuple[UserState | None, int, list[Alert]]:
+    """Count the user's new events into ``current`` (taken over: changed in place) and return
+    the new state, the last source offset folded in, and the alerts raised. Events at or below
+    ``done`` are replays and skipped; if all are, the state is None (unchanged)."""
     last = done
     if offsets is not None:
         fresh = [ev for ev, off in zip(events, offsets, strict=True) if off > done]
@@ -133,27 +203,37 @@ def detect_user(
         last = max([done, *offsets])
         events = fresh
         if not events:
-            return []
-    new_state, alerts = evaluate(current, user, events, policy, scorer, owned=True)  # decoded here, ours
-    if alerts and before_commit is not None:
-        before_commit(alerts)
-    state[user] = _stored_encoder.encode(_Stored(last, encode_state(new_state)))
-    _log_alerts(alerts)
-    return alerts
+            return None, done, []
+    new_state, alerts = evaluate(current, user, events, policy, scorer, owned=True)
+    return new_state, last, alerts
+
+
+def stored_state(state: UserState, offset: int) -> bytes:
+    """A user's table entry: their state and the last source offset folded into it."""
+    return _stored_encoder.encode(_Stored(offset, encode_state(state)))
 
 
 def close_quiet(state: MutableMapping[str, bytes], user: str, now_ms: int, policy: Policy,
-                before_commit: AlertCommit | None = None) -> tuple[list[Alert], bool]:
+                before_commit: AlertCommit | None = None,
+                cache: DecodedStates | None = None) -> tuple[list[Alert], bool]:
     """Closing versions for ``user``'s incidents quiet at ``now_ms``; also whether any stay open."""
-    current, done = _load(state.get(user), user)
+    raw = state.get(user)
+    current, done = cache.take(user, raw) if cache is not None else _load(raw, user)
     if current is None or not has_open_incident(current):
+        if cache is not None and raw is not None and current is not None:
+            cache.keep(user, raw, current, done)
         return [], False
     new_state, alerts = tick(current, user, now_ms, policy)
     if alerts:
         if before_commit is not None:
             before_commit(alerts)
-        state[user] = _stored_encoder.encode(_Stored(done, encode_state(new_state)))
-        _log_alerts(alerts)
+        stored = stored_state(new_state, done)
+        state[user] = stored
+        if cache is not None:
+            cache.keep(user, stored, new_state, done)
+        log_alerts(alerts)
+    elif cache is not None and raw is not None and current is not None:
+        cache.keep(user, raw, current, done)
     return alerts, has_open_incident(new_state)
 
 
