@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -55,6 +55,20 @@ class PinnedTable(faust.Table):
         if partition is None:
             raise RuntimeError("user state written outside a pinned batch")
         return partition
+
+
+class WorkerApp(faust.App):
+    """faust's app, with one hook: ``before_wait_empty`` runs before faust waits for every event
+    taken to be acknowledged (on shutdown and when partitions are revoked). The worker releases
+    events only after writing the states that count them (see UserStates), so it must write them
+    there, or faust would wait for ever."""
+
+    before_wait_empty: Callable[[], Awaitable[None]] | None = None
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        if self.before_wait_empty is not None:
+            await self.before_wait_empty()
+        await super()._consumer_wait_empty(consumer, logger)
 
 
 class Counters:
@@ -126,7 +140,7 @@ def build_app(
     """The worker app. ``datadir`` is where faust keeps its local files (never the checkout);
     ``settings`` are extra faust settings from the wiring (e.g. broker credentials)."""
     prepare(policy)
-    app = faust.App(
+    app = WorkerApp(
         app_id,
         broker=f"kafka://{bootstrap}",
         datadir=datadir,
@@ -159,6 +173,14 @@ def build_app(
     # The batch body and the timers take turns: a state is never written, nor an event released,
     # while a batch has it in hand (e.g. waiting for the broker to acknowledge an alert).
     turn = asyncio.Lock()
+
+    async def write_all() -> None:
+        # From here until the partitions are assigned again, every batch writes at once.
+        users.every_s = 0.0
+        async with turn:
+            users.flush()
+
+    app.before_wait_empty = write_all
     announced = False
     watching: dict[str, int] = {}  # user -> source partition, while they may have an open incident
 
@@ -167,6 +189,7 @@ def build_app(
         # Assigned and state recovered: from now on events are processed.
         nonlocal announced
         # Users whose partition moved away, or whose state was recovered afresh, are decoded again.
+        users.every_s = STATE_WRITE_EVERY_S
         dropped = users.prune()
         log.info("worker_assigned %s", kv(partitions=len(app.assignor.assigned_actives()), states_dropped=dropped))
         if ready and not announced:

@@ -138,3 +138,23 @@ def test_a_replay_only_batch_leaves_the_state_where_it_was():
     assert new is None and alerts == []
     users.put_back("alice", current, done)
     assert users.unwritten == 1 and users.peek("alice") == (state, 4)
+
+
+def test_only_the_most_recently_used_states_stay_decoded():
+    table = _Table()
+    users = UserStates(table, table.write, every_s=1.0)
+    users.decoded.capacity = 2
+    for i, user in enumerate(("alice", "bob", "carol")):
+        state, last, _ = _fold(users, user, 2, i * 10)
+        users.write(user, 0, state, last)
+    assert len(users.decoded) == 2
+    users.peek("bob")  # bob is used again: carol is now the older of the two kept
+    state, last, _ = _fold(users, "alice", 2, 100)  # alice was dropped: decoded from the table
+    assert users.decoded.misses >= 1
+    users.write("alice", 0, state, last)
+    assert users.prune() == 0 and len(users.decoded) == 2
+    hits = users.decoded.hits
+    users.peek("bob")
+    assert users.decoded.hits == hits + 1  # bob kept, carol dropped
+    users.peek("carol")
+    assert users.decoded.hits == hits + 1
