@@ -25,13 +25,15 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
+from bench.agent import older_tree
 from bench.common import (
+    REPO,
     Result,
     chunks,
     make_workload,
     progress,
     render,
-    standalone,
+    standalone_before,
     timed_result,
     with_rate_ratios,
 )
@@ -108,10 +110,14 @@ def committed(admin_conf: dict[str, str], group: str, topic: str) -> int:
     return sum(max(tp.offset, 0) for tp in parts)
 
 
-def run_workers(servers: str, prefix: str, n_workers: int, n_events: int, workdir: Path) -> float:
-    """Seconds from all workers ready until the group has committed every event."""
+def run_workers(servers: str, prefix: str, n_workers: int, n_events: int, workdir: Path,
+                code: Path | None = None) -> float:
+    """Seconds from all workers ready until the group has committed every event. ``code``: a
+    directory holding another ``dwcore`` (an older commit's) to run instead of this checkout's."""
     topics = Topics.with_prefix(prefix)
     env = {**os.environ, "DATAWARD_KAFKA_PARTITIONS": str(PARTITIONS), "PYTHONUNBUFFERED": "1"}
+    if code is not None:
+        env["PYTHONPATH"] = f"{code}{os.pathsep}{REPO}"
     procs = []
     for i in range(n_workers):
         log = open(workdir / f"worker-{i}.log", "w")  # closed below
@@ -145,13 +151,13 @@ def run_workers(servers: str, prefix: str, n_workers: int, n_events: int, workdi
             log.close()
 
 
-def run(n: int, console: Console) -> list[Result]:
+def run(n: int, console: Console, before: str | None = None) -> list[Result]:
     servers = bootstrap()
     admin = AdminClient({"bootstrap.servers": servers})
     events = make_workload(n, users=1_000)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="dw-bench-worker-") as tmp, progress(console) as bar:
-        task = bar.add_task("worker runs", total=2 + len(WORKER_COUNTS))
+        task = bar.add_task("worker runs", total=2 + len(WORKER_COUNTS) + (1 if before else 0))
         prefix = f"bw{uuid.uuid4().hex[:8]}."
         topic = Topics.with_prefix(prefix).events
         create_topic(admin, topic, PARTITIONS)
@@ -174,6 +180,14 @@ def run(n: int, console: Console) -> list[Result]:
             results.append(timed_result(BENCH, f"dataward worker x{count}", n, secs,
                                         extra={"users in one partition": "yes" if one_partition else "NO"}))
             bar.advance(task)
+        if before:
+            run_prefix = f"bw{uuid.uuid4().hex[:8]}."
+            create_topic(admin, Topics.with_prefix(run_prefix).events, PARTITIONS)
+            fill(servers, Topics.with_prefix(run_prefix).events, events)
+            code = older_tree(before, Path(tmp), ("agents", "schemas", "detectors", "stream", "sinks"))
+            secs = run_workers(servers, run_prefix, 1, n, Path(tmp), code)
+            results.append(timed_result(BENCH, f"dataward worker x1, stream code of {before}", n, secs))
+            bar.advance(task)
     return with_rate_ratios(results)
 
 
@@ -184,4 +198,4 @@ def report(console: Console, results: list[Result]) -> None:
 
 
 if __name__ == "__main__":
-    standalone(__doc__, BENCH, run, report, default_events=200_000)
+    standalone_before(__doc__, BENCH, 200_000, "one worker", run, report)

@@ -26,6 +26,7 @@ from dwcore.metrics import BATCH_ROWS, CONSUMER_LAG, DEADLETTERS, EVENTS_RECEIVE
 from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
+from dwcore.stream.faust_delivery import DirectDeliveryTransport
 from dwcore.stream.processing import RawMessage, decode_batch, fold_user, group_by_user, log_alerts, prepare
 from dwcore.stream.user_states import UserStates
 
@@ -58,12 +59,17 @@ class PinnedTable(faust.Table):
 
 
 class WorkerApp(faust.App):
-    """faust's app, with one hook: ``before_wait_empty`` runs before faust waits for every event
-    taken to be acknowledged (on shutdown and when partitions are revoked). The worker releases
-    events only after writing the states that count them (see UserStates), so it must write them
-    there, or faust would wait for ever."""
+    """faust's app, with two changes: its consumer hands messages to the stream directly (see
+    faust_delivery), and ``before_wait_empty`` runs before faust waits for every event taken to be
+    acknowledged (on shutdown and when partitions are revoked). The worker releases events only
+    after writing the states that count them (see UserStates), so it must write them there, or
+    faust would wait for ever."""
 
     before_wait_empty: Callable[[], Awaitable[None]] | None = None
+
+    def _new_transport(self) -> Any:
+        # The stock consumer, with the per-message hand-off made direct (see faust_delivery).
+        return DirectDeliveryTransport(self.conf.broker_consumer, self)
 
     async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
         if self.before_wait_empty is not None:
