@@ -4,6 +4,7 @@ themselves only see plain values (a client-config mapping, topic names, paths, a
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -267,6 +268,13 @@ def run_worker(
     # Our key=value lines on stderr, aiokafka's reconnect noise folded (faust would install its own handler).
     worker = faust.Worker(worker_app(config, policy, ready), loglevel=loglevel, quiet=True, redirect_stdouts=False,
                           logging_config=logging_config(loglevel))
+    # A worker keeps its busy users' states decoded: hundreds of thousands of long-lived objects
+    # that every full collection walks, with a collection every 700 allocations of the per-event
+    # path. Collecting every 50,000 and leaving what start-up built out of it (name lists, policy)
+    # took a worker from ~8.4k to ~11k events per CPU-second here (bench/worker.py, docs/performance.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     worker.execute_from_commandline()
 
 
