@@ -23,9 +23,9 @@ from rich.table import Table
 
 from bench.common import RESULTS_DIR, make_console, make_workload
 
-# Fallbacks: docs/performance.md (agent and worker 2026-11-27/28, sink 2026-12-05; 2 vCPUs, shared VM), used only
+# Fallbacks: docs/performance.md (agent 2026-11-27, worker and sink 2026-12-05; 2 vCPUs, shared VM), used only
 # when no result file exists.
-FALLBACK = {"agent": 94_500.0, "sink": 89_800.0, "worker": 1_128.0}
+FALLBACK = {"agent": 94_500.0, "sink": 89_800.0, "worker": 7_055.0}
 HEADROOM = 0.5  # plan every process at half its measured rate: bursts, rebalances, replays
 SHARD_INSERT_ROWS_S = 200_000.0  # one ClickHouse shard, rows/s in 10k-100k row batches (anchor)
 QUIET_EVENTS_S = 2.0  # per file server: a working day's background of creates, edits, renames

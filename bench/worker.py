@@ -3,7 +3,8 @@
 The same pre-filled events topic (12 partitions, keyed by user) is read by:
 - baseline: a confluent-kafka consumer loop that only decodes each message with msgspec;
 - the framework's ceiling: a faust agent taking the same batches and doing nothing with them
-  (bench/worker_ceiling.py): what any faust worker can reach here, whatever its body does;
+  (bench/worker_ceiling.py): what any faust worker can reach here, whatever its body does; once
+  as faust ships, once with the worker's direct hand-off of messages (stream/faust_delivery.py);
 - dataward: 1, 2 and 4 `dataward worker` processes in one consumer group, from their "ready"
   line until the group's committed offsets reach the end of the topic.
 Per-user ordering: every user's events sit in one partition (checked on the topic), and a
@@ -91,9 +92,10 @@ def bare_consume(servers: str, topic: str, n: int) -> float:
     return elapsed
 
 
-def faust_ceiling(servers: str, topic: str, n: int) -> float:
+def faust_ceiling(servers: str, topic: str, n: int, direct: bool = False) -> float:
     """Seconds an empty faust agent (bench.worker_ceiling) needs from its first batch to n events."""
-    out = subprocess.run([sys.executable, "-m", "bench.worker_ceiling", servers, topic, str(n)],
+    out = subprocess.run([sys.executable, "-m", "bench.worker_ceiling", servers, topic, str(n),
+                          *(["direct"] if direct else [])],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     found = re.search(r"ceiling: (\d+) ([\d.]+)", out.stdout + out.stderr)  # faust may log what is printed
     if found:
@@ -169,6 +171,8 @@ def run(n: int, console: Console, before: str | None = None) -> list[Result]:
         # The framework alone: any faust worker's ceiling on this machine.
         results.append(timed_result(BENCH, "faust take_events, empty agent (no decode, no state)", n,
                                     faust_ceiling(servers, topic, n)))
+        results.append(timed_result(BENCH, "the same, with the worker's direct delivery", n,
+                                    faust_ceiling(servers, topic, n, direct=True)))
         bar.advance(task)
         for count in WORKER_COUNTS:
             # A fresh prefix per run: its own consumer group and changelog, the same events.
@@ -185,8 +189,12 @@ def run(n: int, console: Console, before: str | None = None) -> list[Result]:
             create_topic(admin, Topics.with_prefix(run_prefix).events, PARTITIONS)
             fill(servers, Topics.with_prefix(run_prefix).events, events)
             code = older_tree(before, Path(tmp), ("agents", "schemas", "detectors", "stream", "sinks"))
+            # The wiring too (it sets the worker's process up), so the row is that commit's worker.
+            wiring = subprocess.run(["git", "-C", str(REPO), "archive", before, "dataward"],
+                                    capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(code)], input=wiring, check=True)
             secs = run_workers(servers, run_prefix, 1, n, Path(tmp), code)
-            results.append(timed_result(BENCH, f"dataward worker x1, stream code of {before}", n, secs))
+            results.append(timed_result(BENCH, f"dataward worker x1, code of {before}", n, secs))
             bar.advance(task)
     return with_rate_ratios(results)
 
