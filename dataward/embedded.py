@@ -49,7 +49,7 @@ from dwcore.sinks.store import Store
 from dwcore.sinks.stream_writer import EmbeddedStream
 from dwcore.sinks.wal import EventWal, Logged, WalStream
 from dwcore.stream.bus import BatchBus
-from dwcore.stream.processing import close_quiet, detect_user, group_by_user, prepare
+from dwcore.stream.processing import close_quiet, detect_user, group_by_user, prepare, quiet_clock
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class EmbeddedPipeline:
         self.scorer = load_models(config.models_dir, policy)
         prepare(policy)
         self.events_processed = 0
+        self._newest_event_ms: int | None = None  # the newest event time processed (see quiet_clock)
         self.alerts_raised = 0
         self._stop = threading.Event()
         self._store: Store | None = None
@@ -230,7 +231,8 @@ class EmbeddedPipeline:
     def _close_quiet(self) -> None:
         assert self._router is not None
         self._retry_jsonl()
-        now = int(time.time() * 1000)
+        # Events still on the bus are not quiet time for their users (a backlog after a burst).
+        now = quiet_clock(int(time.time() * 1000), not self.bus.drained(), self._newest_event_ms)
         for user in list(self.state):
             try:
                 # Closing versions go through the outbox like any other alert version.
@@ -282,6 +284,9 @@ class EmbeddedPipeline:
             self.backup.on_events(events)
         self._batcher.add_many(logged)
         self.events_processed += len(events)
+        newest = max(e.time for e in events)
+        if self._newest_event_ms is None or newest > self._newest_event_ms:
+            self._newest_event_ms = newest
 
     def _detect_user(self, user: str, events: list[AccessEvent]) -> list[Alert]:
         """The user's alerts; if the batch breaks a detector, event by event, so that only the

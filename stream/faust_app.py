@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from dwcore.detectors.baseline import Scorer
 from dwcore.detectors.engine import has_open_incident, tick
@@ -27,7 +28,15 @@ from dwcore.schemas.alert import Alert
 from dwcore.schemas.codec import encode
 from dwcore.schemas.topics import Topics
 from dwcore.stream.faust_delivery import DirectDeliveryTransport
-from dwcore.stream.processing import RawMessage, decode_batch, fold_user, group_by_user, log_alerts, prepare
+from dwcore.stream.processing import (
+    RawMessage,
+    decode_batch,
+    fold_user,
+    group_by_user,
+    log_alerts,
+    prepare,
+    quiet_clock,
+)
 from dwcore.stream.user_states import UserStates
 
 log = logging.getLogger(__name__)
@@ -189,6 +198,7 @@ def build_app(
     app.before_wait_empty = write_all
     announced = False
     watching: dict[str, int] = {}  # user -> source partition, while they may have an open incident
+    newest: dict[int, int] = {}  # source partition -> the newest event time processed from it
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a signal kwarg
     async def _on_rebalance_complete(sender: Any, **_kwargs: Any) -> None:
@@ -231,8 +241,11 @@ def build_app(
                 await deadletter_topic.send(key=dl.key, value=encode(dl))
             # A user's events come from one partition (keyed by user); remember which.
             for ev, origin in zip(decoded.events, decoded.origins, strict=True):
-                partition_of.setdefault(ev.user_name, batch[origin].message.partition)
+                source = batch[origin].message.partition
+                partition_of.setdefault(ev.user_name, source)
                 offsets_of.setdefault(ev.user_name, []).append(batch[origin].message.offset)
+                if ev.time > newest.get(source, -1):
+                    newest[source] = ev.time
             async with turn:
                 for user, user_events in group_by_user(decoded.events).items():
                     partition = partition_of.get(user, 0)
@@ -269,13 +282,15 @@ def build_app(
     @app.timer(CLOSE_EVERY_S)
     async def close_quiet_incidents() -> None:
         # Users this worker saw events for (after a restart: from their next event on).
-        now = int(time.time() * 1000)
+        wall = int(time.time() * 1000)
         async with turn:
             for user, partition in list(watching.items()):
                 current, done = users.peek(user)
                 if current is None or not has_open_incident(current):
                     watching.pop(user, None)
                     continue
+                behind = _LAG.get(TP(topics.events, partition), 0) > 0
+                now = quiet_clock(wall, behind, newest.get(partition))
                 new_state, alerts = tick(current, user, now, policy)  # a copy: current is unchanged
                 if alerts:
                     await _send_acked(alerts_topic, alerts)

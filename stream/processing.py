@@ -246,6 +246,19 @@ def close_quiet(state: MutableMapping[str, bytes], user: str, now_ms: int, polic
     return alerts, has_open_incident(new_state)
 
 
+def quiet_clock(wall_ms: int, behind: bool, newest_event_ms: int | None) -> int:
+    """The time by which to judge an incident quiet when no event of its user arrives.
+
+    The wall clock once every event taken has been processed; while a backlog is being worked
+    through (after a takeover, an outage, a burst), the newest event time processed so far. By the
+    clock, an attack whose last events are still waiting in the backlog looks quiet, and closing
+    its incident then left those events out of it (seen as 299 of 300 renames after a takeover).
+    """
+    if not behind or newest_event_ms is None:
+        return wall_ms
+    return min(wall_ms, newest_event_ms)
+
+
 def prepare(policy: Policy) -> None:
     """Call once at start: the name lists load and compile (~1 s) before the first event, not on it."""
     warm_up(policy)

@@ -7,7 +7,7 @@ from dwcore.detectors.policy import load_policy
 from dwcore.schemas import Activity, encode
 from dwcore.schemas.event import make_event
 from dwcore.stream.bus import BatchBus
-from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect, detect_user
+from dwcore.stream.processing import RawMessage, close_quiet, decode_batch, detect, detect_user, quiet_clock
 
 
 def _renames(user: str, n: int, t0: int = 1_700_000_000_000):
@@ -110,3 +110,30 @@ def test_oversized_bad_message_keeps_reason_size_and_a_bounded_prefix():
     assert letter.raw == raw[:MAX_RAW_BYTES]
     assert "invalid event" in letter.reason and str(len(raw)) in letter.reason
     assert len(encode(letter)) < 1024 * 1024  # publishable under Kafka's default message limit
+
+
+def test_a_backlog_is_not_quiet_time():
+    # After a takeover the new worker works through a backlog minutes after the events happened.
+    # Judged by the wall clock, the attack looks quiet before its last renames are processed and
+    # its incident closes without them; judged by the newest event processed, it does not.
+    policy = load_policy()
+    events = _renames("mallory", 300)
+    wall = events[-1].time + 10 * 60_000
+    by_clock: dict[str, bytes] = {}
+    detect_user(by_clock, "mallory", events[:299], policy)
+    early, _ = close_quiet(dict(by_clock), "mallory", wall, policy)
+    assert [a.file_count for a in early if a.status == "closed"] == [299]  # what the clock alone did
+
+    now = quiet_clock(wall, True, events[298].time)  # behind: the last rename is still waiting
+    alerts, still_open = close_quiet(by_clock, "mallory", now, policy)
+    assert alerts == [] and still_open
+    detect_user(by_clock, "mallory", events[299:], policy)
+    alerts, still_open = close_quiet(by_clock, "mallory", quiet_clock(wall, False, events[-1].time), policy)
+    assert [a.file_count for a in alerts if a.status == "closed"] == [300] and not still_open
+
+
+def test_the_quiet_clock_is_the_wall_clock_once_caught_up():
+    assert quiet_clock(5_000, False, 1_000) == 5_000
+    assert quiet_clock(5_000, True, 1_000) == 1_000
+    assert quiet_clock(5_000, True, None) == 5_000  # nothing processed yet: nothing to close either
+    assert quiet_clock(5_000, True, 9_000) == 5_000  # an event stamped ahead never moves time on
