@@ -8,7 +8,7 @@ lets both modes run the same code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -79,7 +79,8 @@ _stored_encoder = msgspec.msgpack.Encoder()
 _stored_decoder = msgspec.msgpack.Decoder(_Stored)
 
 
-def _load(raw: bytes | None, user: str) -> tuple[UserState | None, int]:
+def load_stored(raw: bytes | None, user: str) -> tuple[UserState | None, int]:
+    """A user's table entry decoded: their state and the last source offset folded into it."""
     if not raw:
         return None, -1
     try:
@@ -90,53 +91,6 @@ def _load(raw: bytes | None, user: str) -> tuple[UserState | None, int]:
         # user afresh (at worst one burst is counted from here on) and say so loudly.
         log.error("state_reset %s", kv(user=user, reason=str(exc)))
         return None, -1
-
-
-class DecodedStates:
-    """Decoded detector states kept beside the stored bytes they came from.
-
-    Decoding a user's state costs more than evaluating a few of their events, and a busy worker
-    sees most users in every batch. An entry is used only while the mapping still holds the very
-    bytes object it was decoded from: a write by anyone else (a changelog recovery after a
-    rebalance, a failed batch that never wrote) makes it miss and the state is decoded afresh.
-    An entry is taken out while its state is evaluated (evaluation changes it in place), so a
-    batch that fails half way can never leave a half-updated state behind.
-
-    A decoded state takes about three times the memory of its bytes (~33 KB against ~11 KB for a
-    busy user), so only the ``capacity`` most recently used are kept: the busy users, whose states
-    are decoded most often. The dict's order is the order of use (an entry is taken out and put
-    back at the end), so the first entry is the one to drop.
-    """
-
-    def __init__(self, capacity: int = 5_000) -> None:
-        self._live: dict[str, tuple[bytes, UserState, int]] = {}
-        self.capacity = capacity
-        self.hits = 0
-        self.misses = 0
-
-    def take(self, user: str, raw: bytes | None) -> tuple[UserState | None, int]:
-        entry = self._live.pop(user, None)
-        if entry is not None and raw is not None and entry[0] is raw:
-            self.hits += 1
-            return entry[1], entry[2]
-        self.misses += 1
-        return _load(raw, user)
-
-    def keep(self, user: str, raw: bytes, state: UserState, offset: int) -> None:
-        self._live.pop(user, None)
-        self._live[user] = (raw, state, offset)
-        if len(self._live) > self.capacity:
-            del self._live[next(iter(self._live))]
-
-    def prune(self, stored: Mapping[str, bytes | None]) -> int:
-        """Forget users whose stored bytes changed or went (e.g. their partition moved away)."""
-        stale = [user for user, (raw, _, _) in self._live.items() if stored.get(user) is not raw]
-        for user in stale:
-            del self._live[user]
-        return len(stale)
-
-    def __len__(self) -> int:
-        return len(self._live)
 
 
 def log_alerts(alerts: Sequence[Alert]) -> None:
@@ -162,7 +116,6 @@ def detect_user(
     offsets: Sequence[int] | None = None,
     scorer: Scorer | None = None,
     before_commit: AlertCommit | None = None,
-    cache: DecodedStates | None = None,
 ) -> list[Alert]:
     """Run the detectors over one user's new events and write the user's state back.
 
@@ -172,22 +125,15 @@ def detect_user(
 
     ``offsets`` (the source offsets of ``events``, all from the user's one partition) make a replay
     idempotent: after a crash between the state write and the offset commit, events at or below
-    the offset already folded into the state are skipped instead of counted twice. ``cache`` keeps
-    the decoded state between batches (see DecodedStates).
+    the offset already folded into the state are skipped instead of counted twice.
     """
-    raw = state.get(user)
-    current, done = cache.take(user, raw) if cache is not None else _load(raw, user)
+    current, done = load_stored(state.get(user), user)
     new_state, last, alerts = fold_user(current, done, user, events, policy, offsets, scorer)
     if new_state is None:  # every event was a replay: nothing changed
-        if cache is not None and raw is not None and current is not None:
-            cache.keep(user, raw, current, done)
         return []
     if alerts and before_commit is not None:
         before_commit(alerts)
-    stored = stored_state(new_state, last)
-    state[user] = stored
-    if cache is not None:
-        cache.keep(user, stored, new_state, last)
+    state[user] = stored_state(new_state, last)
     log_alerts(alerts)
     return alerts
 
@@ -223,26 +169,17 @@ def stored_state(state: UserState, offset: int) -> bytes:
 
 
 def close_quiet(state: MutableMapping[str, bytes], user: str, now_ms: int, policy: Policy,
-                before_commit: AlertCommit | None = None,
-                cache: DecodedStates | None = None) -> tuple[list[Alert], bool]:
+                before_commit: AlertCommit | None = None) -> tuple[list[Alert], bool]:
     """Closing versions for ``user``'s incidents quiet at ``now_ms``; also whether any stay open."""
-    raw = state.get(user)
-    current, done = cache.take(user, raw) if cache is not None else _load(raw, user)
+    current, done = load_stored(state.get(user), user)
     if current is None or not has_open_incident(current):
-        if cache is not None and raw is not None and current is not None:
-            cache.keep(user, raw, current, done)
         return [], False
     new_state, alerts = tick(current, user, now_ms, policy)
     if alerts:
         if before_commit is not None:
             before_commit(alerts)
-        stored = stored_state(new_state, done)
-        state[user] = stored
-        if cache is not None:
-            cache.keep(user, stored, new_state, done)
+        state[user] = stored_state(new_state, done)
         log_alerts(alerts)
-    elif cache is not None and raw is not None and current is not None:
-        cache.keep(user, raw, current, done)
     return alerts, has_open_incident(new_state)
 
 

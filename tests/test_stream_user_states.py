@@ -10,7 +10,7 @@ from __future__ import annotations
 from dwcore.detectors.policy import load_policy
 from dwcore.schemas import Activity
 from dwcore.schemas.event import make_event
-from dwcore.stream.processing import _load, fold_user, stored_state
+from dwcore.stream.processing import fold_user, load_stored, stored_state
 from dwcore.stream.user_states import UserStates
 
 T0 = 1_700_000_000_000
@@ -77,7 +77,7 @@ def test_events_are_released_only_after_the_state_that_counts_them_is_written():
     assert users.flush() == (1, 10)
     assert table.writes == [("alice", 3)]
     assert all(ev.committable for ev in events)
-    stored, offset = _load(table["alice"], "alice")
+    stored, offset = load_stored(table["alice"], "alice")
     assert offset == 9 and stored is not None
     assert stored_state(stored, offset) == table["alice"]  # the table holds exactly the state folded
     assert users.flush() == (0, 0)  # nothing twice
