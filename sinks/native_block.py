@@ -16,6 +16,8 @@ from typing import Any
 
 
 def write_leb128(value: int, out: bytearray) -> None:
+    # clickhouse-connect has one too, but this module is imported (through chbackend) by processes
+    # of the lean agent install, which has no clickhouse-connect: tests/test_install_lean.py.
     while True:
         byte = value & 0x7F
         value >>= 7

@@ -55,6 +55,11 @@ class _Table(dict):
         self[user] = value
 
 
+def _states(every_s: float = 1.0) -> tuple[_Table, UserStates]:
+    table = _Table()
+    return table, UserStates(table, table.write, every_s=every_s)
+
+
 def _fold(users: UserStates, user: str, n: int, first: int):
     current, done = users.take(user)
     new, last, alerts = fold_user(current, done, user, _renames(user, n, first), load_policy(),
@@ -64,8 +69,7 @@ def _fold(users: UserStates, user: str, n: int, first: int):
 
 
 def test_events_are_released_only_after_the_state_that_counts_them_is_written():
-    table = _Table()
-    users = UserStates(table, table.write, every_s=1.0)
+    table, users = _states()
     events = table.watched = [_Event() for _ in range(10)]
     state, last, _ = _fold(users, "alice", 10, 0)
     users.stage("alice", 3, state, last)
@@ -84,8 +88,7 @@ def test_events_are_released_only_after_the_state_that_counts_them_is_written():
 
 
 def test_the_next_batch_continues_from_the_unwritten_state_not_the_table():
-    table = _Table()
-    users = UserStates(table, table.write, every_s=1.0)
+    table, users = _states()
     state, last, alerts = _fold(users, "alice", 20, 0)
     assert alerts == []
     users.stage("alice", 0, state, last)
@@ -98,8 +101,7 @@ def test_the_next_batch_continues_from_the_unwritten_state_not_the_table():
 
 
 def test_decoded_copies_are_reused_and_never_outlive_a_change_by_someone_else():
-    table = _Table()
-    users = UserStates(table, table.write, every_s=1.0)
+    table, users = _states()
     state, last, _ = _fold(users, "alice", 5, 0)
     users.write("alice", 0, state, last)
     taken, offset = users.take("alice")
@@ -115,8 +117,7 @@ def test_decoded_copies_are_reused_and_never_outlive_a_change_by_someone_else():
 
 
 def test_states_of_a_lost_partition_are_not_written():
-    table = _Table()
-    users = UserStates(table, table.write, every_s=0.0)
+    table, users = _states(every_s=0.0)
     for user, partition, first in (("alice", 1, 0), ("bob", 2, 100)):
         state, last, _ = _fold(users, user, 3, first)
         users.stage(user, partition, state, last)
@@ -128,8 +129,7 @@ def test_states_of_a_lost_partition_are_not_written():
 
 
 def test_a_replay_only_batch_leaves_the_state_where_it_was():
-    table = _Table()
-    users = UserStates(table, table.write, every_s=1.0)
+    _, users = _states()
     state, last, _ = _fold(users, "alice", 5, 0)
     users.stage("alice", 0, state, last)
     current, done = users.take("alice")
@@ -141,8 +141,7 @@ def test_a_replay_only_batch_leaves_the_state_where_it_was():
 
 
 def test_only_the_most_recently_used_states_stay_decoded():
-    table = _Table()
-    users = UserStates(table, table.write, every_s=1.0)
+    _, users = _states()
     users.decoded.capacity = 2
     for i, user in enumerate(("alice", "bob", "carol")):
         state, last, _ = _fold(users, user, 2, i * 10)
